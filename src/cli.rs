@@ -1,0 +1,238 @@
+//! The command line: runtime knobs only. What a pipeline computes lives in its YAML.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::demo_data::{self, DemoOptions};
+use crate::engine::EngineOptions;
+use crate::error::Error;
+use crate::plan::{self, PlanOptions};
+use crate::run;
+
+#[derive(Debug, Parser)]
+#[command(name = "segflow", version, about = "Customer segments and churn scores from raw data, as a declared pipeline")]
+pub struct Cli {
+    /// Log format on stderr: `text` for people and task logs, `json` for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// More detail in the log (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a pipeline without running it: parse, resolve the DAG, plan every SQL stage
+    /// against the inputs' schemas. Reports every problem; reads no data; writes nothing.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        params: RunParams,
+    },
+    /// Run a pipeline and commit its output tables.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        params: RunParams,
+        /// The run's id, recorded in every manifest and file name (default: a new one).
+        /// Airflow: `--run-id {{ run_id }}`.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Write tables here instead of the pipeline's `output_root`.
+        #[arg(long)]
+        output_root: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Write the demo data set: customers and a Hive-partitioned transactions folder.
+    DemoData {
+        /// Folder to write into (its `transactions/` is replaced).
+        out: PathBuf,
+        #[arg(long, default_value_t = 1_500)]
+        customers: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// First day of the data (YYYY-MM-DD).
+        #[arg(long, default_value = "2023-01-01", value_parser = parse_date_arg)]
+        start: NaiveDate,
+        /// Months of data.
+        #[arg(long, default_value_t = 24)]
+        months: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunParams {
+    /// The run date (YYYY-MM-DD): the `run_date` variable and the output partition.
+    /// Default: today (UTC).
+    #[arg(long, value_parser = parse_date_arg)]
+    pub run_date: Option<NaiveDate>,
+    /// Override a declared variable: `--var name=value` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Threads for the query engine and the models (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Memory the query engine may use before spilling, e.g. `4GiB`, `512MiB` (default: half
+    /// of physical memory).
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
+    /// Folder for spill files (default: the system temporary folder).
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    pub fn options(&self) -> EngineOptions {
+        let mut options = EngineOptions::default();
+        if let Some(threads) = self.threads {
+            options.threads = threads.max(1);
+        }
+        if let Some(limit) = self.memory_limit {
+            options.memory_limit = limit;
+        }
+        options.spill_dir = self.spill_dir.clone();
+        options
+    }
+}
+
+fn parse_date_arg(text: &str) -> Result<NaiveDate, String> {
+    crate::vars::parse_date(text).ok_or_else(|| format!("`{text}` is not a date; expected YYYY-MM-DD"))
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
+}
+
+/// `512MiB`, `4GiB`, `2G`, `1000000` (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 512MiB or 4GiB"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0_f64.powi(4),
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; use B, KiB, MiB, GiB or TiB")),
+    };
+    let bytes = number * factor;
+    if !(1.0..=(usize::MAX as f64)).contains(&bytes) {
+        return Err(format!("`{text}` is not a usable size"));
+    }
+    Ok(bytes as usize)
+}
+
+fn plan_options(params: &RunParams, output_root: Option<PathBuf>) -> PlanOptions {
+    PlanOptions {
+        run_date: params.run_date.unwrap_or_else(|| chrono::Utc::now().date_naive()),
+        var_overrides: params.vars.clone(),
+        output_root,
+    }
+}
+
+/// A new run id: when it started (UTC) and a few random characters, sortable and unique.
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &suffix[..6])
+}
+
+fn check_run_id(run_id: &str) -> Result<(), Error> {
+    let ok = !run_id.is_empty() && run_id.len() <= 250 && run_id.chars().all(|c| !c.is_control() && c != '/' && c != '\\');
+    if ok { Ok(()) } else { Err(Error::Usage(format!("--run-id `{run_id}`: a run id is up to 250 characters, without `/`, `\\` or control characters"))) }
+}
+
+/// Runs one command. Returns the line to print on stdout, if any.
+pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
+    match cli.command {
+        Command::Validate { file, params } => {
+            let plan = plan::load_and_check(&file, &plan_options(&params, None), &EngineOptions::default())
+                .await
+                .map_err(Error::Config)?;
+            tracing::info!(
+                pipeline = %plan.name,
+                inputs = plan.inputs.len(),
+                stages = plan.stages.len(),
+                outputs = plan.outputs.len(),
+                "pipeline is valid"
+            );
+            Ok(None)
+        }
+        Command::Run { file, params, run_id, output_root, engine } => {
+            let run_id = run_id.unwrap_or_else(new_run_id);
+            check_run_id(&run_id)?;
+            let engine_options = engine.options();
+            let plan = plan::load_and_check(&file, &plan_options(&params, output_root), &engine_options)
+                .await
+                .map_err(Error::Config)?;
+            tracing::info!(pipeline = %plan.name, run_id = %run_id, output_root = %plan.output_root.display(), "run started");
+            let summary = run::execute(&plan, &run_id, &engine_options).await?;
+            tracing::info!(pipeline = %plan.name, run_id = %run_id, seconds = summary.seconds, tables = summary.tables.len(), "run succeeded");
+            let line = serde_json::to_string(&serde_json::json!({
+                "pipeline": summary.pipeline,
+                "run_id": summary.run_id,
+                "run_date": summary.run_date,
+                "status": summary.status,
+                "seconds": summary.seconds,
+                "tables": summary.tables.iter().map(|t| serde_json::json!({"table": t.table, "rows": t.rows, "path": t.path})).collect::<Vec<_>>(),
+            }))
+            .unwrap_or_default();
+            Ok(Some(line))
+        }
+        Command::DemoData { out, customers, seed, start, months } => {
+            let summary = demo_data::generate(&out, &DemoOptions { customers, seed, start, months })?;
+            tracing::info!(
+                out = %out.display(),
+                customers = summary.customers,
+                transactions = summary.transactions,
+                cancellation_lines = summary.cancellation_lines,
+                duplicate_lines = summary.duplicate_lines,
+                guest_lines = summary.guest_lines,
+                invalid_lines = summary.invalid_lines,
+                "demo data written"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Prints the summary line; a closed stdout (`segflow run … | head -0`) is not an error.
+pub fn print_stdout(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4PB").is_err());
+    }
+}

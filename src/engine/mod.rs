@@ -1,0 +1,150 @@
+//! The one place a DataFusion session is built, and where inputs become tables.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Runtime knobs of the engine. What a pipeline computes lives in its YAML; how hard the
+/// machine works on it lives here.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Partitions DataFusion plans for (and threads it uses). Default: the machine's cores.
+    pub threads: usize,
+    /// Memory the query engine may hold before it spills to disk, in bytes.
+    pub memory_limit: usize,
+    /// Where spill files go. Default: the system's temporary folder.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { threads: default_threads(), memory_limit: default_memory_limit(), spill_dir: None }
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Half of physical memory: the engine spills before the machine swaps, and the models that
+/// train on the collected feature table have room too.
+pub fn default_memory_limit() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(8 << 30);
+    total / 2
+}
+
+/// Builds the session: `threads` target partitions, a fair spilling memory pool of
+/// `memory_limit` bytes, spill files on disk, and SQL spans collected so errors can point at a
+/// line and column.
+pub fn session(options: &EngineOptions) -> Result<SessionContext, DataFusionError> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(options.threads.max(1))
+        .with_information_schema(true);
+    config.options_mut().sql_parser.collect_spans = true;
+    let disk = match &options.spill_dir {
+        Some(dir) => DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+        None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
+    };
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
+        .with_disk_manager_builder(disk)
+        .build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// Where an input's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputLocation {
+    File(PathBuf),
+    /// A glob such as `data/*.parquet`; the pattern is matched by DataFusion.
+    Glob(String),
+    /// A folder of Parquet files, possibly Hive-partitioned (`year=2024/…`).
+    Folder(PathBuf),
+}
+
+impl InputLocation {
+    /// Classifies `path` and checks it can be read: a missing file, an empty glob or a
+    /// missing folder is an error here, before any work starts.
+    pub fn resolve(path: &Path) -> Result<InputLocation, String> {
+        let text = path.to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            let matches = glob::glob(&text).map_err(|e| format!("invalid glob pattern `{text}`: {e}"))?;
+            if matches.filter_map(Result::ok).next().is_none() {
+                return Err(format!("no file matches `{}`", crate::diag::display_path(path).display()));
+            }
+            return Ok(InputLocation::Glob(text.into_owned()));
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => Ok(InputLocation::Folder(path.to_path_buf())),
+            Ok(_) => Ok(InputLocation::File(path.to_path_buf())),
+            Err(_) => Err(format!("input file not found: {}", crate::diag::display_path(path).display())),
+        }
+    }
+
+    fn url(&self) -> Result<ListingTableUrl, DataFusionError> {
+        match self {
+            InputLocation::File(p) => ListingTableUrl::parse(p.to_string_lossy()),
+            InputLocation::Glob(g) => ListingTableUrl::parse(g),
+            // A trailing slash tells DataFusion this is a folder to list.
+            InputLocation::Folder(p) => ListingTableUrl::parse(format!("{}/", p.to_string_lossy().trim_end_matches('/'))),
+        }
+    }
+}
+
+/// Registers a Parquet input as a table. Only file footers are read (schema inference), so
+/// `validate` may call this. Hive partition folders (`key=value/`) become string columns.
+pub async fn register_parquet(ctx: &SessionContext, name: &str, location: &InputLocation) -> Result<SchemaRef, DataFusionError> {
+    let url = location.url()?;
+    let state = ctx.state();
+    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(match location {
+            InputLocation::File(_) => "",
+            _ => ".parquet",
+        });
+    if let InputLocation::Folder(_) = location {
+        let partitions = options.infer_partitions(&state, &url).await?;
+        options = options.with_table_partition_cols(partitions.into_iter().map(|c| (c, DataType::Utf8)).collect());
+    }
+    let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&state).await?;
+    let table = ListingTable::try_new(config)?;
+    let schema = datafusion::catalog::TableProvider::schema(&table);
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(schema)
+}
+
+/// A DataFusion error as a user reads it: the root cause, without the internal layers.
+pub fn describe_datafusion_error(e: &DataFusionError) -> String {
+    let root = e.find_root();
+    let text = root.to_string();
+    // DataFusion prefixes its messages with the error class ("Error during planning: …");
+    // the class helps nobody who is fixing a pipeline.
+    for prefix in ["Error during planning: ", "Schema error: ", "SQL error: ", "Execution error: ", "Arrow error: ", "External error: "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text
+}

@@ -1,0 +1,18 @@
+//! segflow: a batch pipeline that turns raw customer data into segments and churn scores.
+//!
+//! A pipeline file (YAML) declares Parquet inputs, a DAG of stages and the tables to write.
+//! The flow is raw config ([`config`]) → validated plan ([`plan`]) → execution ([`run`]),
+//! with DataFusion as the one query engine ([`engine`]) and an atomic table writer ([`sink`]).
+
+pub mod cli;
+pub mod config;
+pub mod demo_data;
+pub mod diag;
+pub mod engine;
+pub mod error;
+pub mod ml;
+pub mod plan;
+pub mod run;
+pub mod sink;
+pub mod stage;
+pub mod vars;

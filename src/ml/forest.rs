@@ -1,0 +1,985 @@
+//! Random forest and single decision tree for binary classification (churn), built on
+//! histogram CART.
+//!
+//! # How a fit works
+//! 1. Hyperparameters are checked once ([`ForestParams::check`] → [`ForestValidParams`]); every
+//!    rule has its own [`ForestError`] variant.
+//! 2. The data are checked (shape, labels 0/1 with both classes present, finite-or-NaN features,
+//!    weights) and every feature is binned once into at most `max_bins` (≤ 256) quantile bins,
+//!    stored as `u8` codes, row-major (a node's rows are a sparse gather, and one pass over
+//!    them fills the histograms of every feature the split examines). NaN is "missing": it has
+//!    its own bin, which sorts after all values, so **a split always sends NaN to the right
+//!    child** (also at prediction, where `NaN <= threshold` is false). Infinite feature values
+//!    are rejected at fit.
+//! 3. Trees grow in parallel (rayon). Tree `i` draws everything (bootstrap, features) from
+//!    ChaCha8 seeded with `seed`, stream `i`, and results are reduced in tree order, so the model
+//!    is bit-identical whatever the thread count.
+//! 4. Each split examines `max_features` non-constant features drawn afresh for that split
+//!    (constant ones are redrawn, as scikit-learn does), builds per-bin class-weight histograms,
+//!    and picks the lowest weighted Gini; ties go to the lowest feature index, then the lowest
+//!    bin. When every split examines every feature (the single tree's default), a node builds the
+//!    smaller child's histograms and derives the sibling's by subtraction.
+//! 5. Splits are stored as real thresholds (bin upper edges = midpoints between neighbouring
+//!    training values), so prediction needs only the raw features.
+//!
+//! Semantics follow scikit-learn's `RandomForestClassifier`/`DecisionTreeClassifier` (Gini,
+//! `min_samples_*` counted in distinct rows, bootstrap draws as weights, `class_weight`,
+//! `predict_proba` as the mean of leaf class fractions, impurity importances, OOB). Differences:
+//! thresholds come from at most 256 bins per feature (lossless when a feature has ≤ 256 distinct
+//! values), and the random streams differ, so forests are statistically, not bitwise, alike.
+//!
+//! Labels are classes `0..n_classes`; the internals work for any `n_classes`, but fitting
+//! currently accepts binary labels only (0 = negative, 1 = positive), because the
+//! positive-class outputs (OOB probabilities, contributions) are what the pipeline needs.
+//!
+//! # Saved model
+//! [`RandomForest`], [`DecisionTree`], [`Tree`] and [`Node`] derive serde; their field names are
+//! the JSON format and must stay stable. Per-row OOB probabilities are training diagnostics and
+//! are not serialised (only `oob_accuracy` is).
+
+mod binning;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use linfa::ParamGuard;
+use linfa::dataset::{AsSingleTargets, DatasetBase};
+use linfa::traits::{Fit, PredictInplace};
+use ndarray::{Array1, Array2, ArrayBase, ArrayView2, Data, Ix2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use binning::BinnedFeatures;
+use tree::{GrowSettings, TreeSample};
+pub use tree::{Node, Tree};
+
+/// The only class count fitting accepts today (see the module docs).
+const BINARY_CLASSES: usize = 2;
+/// Class whose probability `predict_proba`, OOB and contributions report.
+const POSITIVE_CLASS: usize = 1;
+
+/// Everything that can go wrong, one variant per rule.
+#[derive(Debug, thiserror::Error)]
+pub enum ForestError {
+    // --- hyperparameter rules (checked once, before any data is touched) ---
+    #[error("n_trees must be at least 1")]
+    ZeroTrees,
+    #[error("max_depth must be at least 1 when set (use None for full depth)")]
+    ZeroMaxDepth,
+    #[error("min_samples_leaf must be at least 1")]
+    ZeroMinSamplesLeaf,
+    #[error("min_samples_split must be at least 2, got {0}")]
+    MinSamplesSplitBelowTwo(usize),
+    #[error("max_features fraction must be in (0, 1], got {0}")]
+    MaxFeaturesFractionOutOfRange(f64),
+    #[error("max_samples must be in (0, 1], got {0}")]
+    MaxSamplesOutOfRange(f64),
+    #[error("max_samples needs bootstrap = true (without bootstrap every tree sees every row)")]
+    MaxSamplesWithoutBootstrap,
+    #[error("oob_score needs bootstrap = true (without bootstrap no row is out of bag)")]
+    OobScoreWithoutBootstrap,
+    #[error("max_bins must be in 2..=256 (codes are u8), got {0}")]
+    MaxBinsOutOfRange(usize),
+
+    // --- data rules (checked at fit / predict) ---
+    #[error("the feature matrix has no rows")]
+    NoRows,
+    #[error("the feature matrix has no columns")]
+    NoFeatures,
+    #[error("{rows} rows of features but {labels} labels")]
+    LabelCountMismatch { rows: usize, labels: usize },
+    #[error("{rows} rows of features but {weights} sample weights")]
+    SampleWeightCountMismatch { rows: usize, weights: usize },
+    #[error("sample weight of row {row} is {weight}; weights must be finite and >= 0")]
+    InvalidSampleWeight { row: usize, weight: f64 },
+    #[error("all sample weights are zero")]
+    ZeroTotalSampleWeight,
+    #[error("label {label} in row {row} is not a binary class (0 or 1)")]
+    LabelNotBinary { row: usize, label: usize },
+    #[error("every label is {0}: a classifier needs both classes 0 and 1 in the training data")]
+    SingleClass(usize),
+    #[error("feature {feature} of row {row} is infinite; use a finite value or NaN for missing")]
+    InfiniteFeature { row: usize, feature: usize },
+    #[error("the model was fitted on {expected} features but got {found}")]
+    FeatureCountMismatch { expected: usize, found: usize },
+
+    #[error(transparent)]
+    Linfa(#[from] linfa::Error),
+}
+
+/// How many features each split examines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum MaxFeatures {
+    /// `max(1, floor(sqrt(n_features)))`, the forest default (as scikit-learn).
+    Sqrt,
+    /// `max(1, floor(log2(n_features)))`.
+    Log2,
+    /// `max(1, floor(fraction * n_features))`, fraction in (0, 1].
+    Fraction(f64),
+    /// Every feature (the single tree's default; enables histogram subtraction).
+    All,
+}
+
+impl MaxFeatures {
+    fn resolve(self, n_features: usize) -> usize {
+        let n = n_features as f64;
+        let count = match self {
+            MaxFeatures::Sqrt => n.sqrt().floor() as usize,
+            MaxFeatures::Log2 => n.log2().floor() as usize,
+            MaxFeatures::Fraction(fraction) => (fraction * n).floor() as usize,
+            MaxFeatures::All => n_features,
+        };
+        count.clamp(1, n_features)
+    }
+}
+
+/// Class re-weighting, as scikit-learn's `class_weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClassWeight {
+    /// Every class weighs 1.
+    None,
+    /// `n_rows / (n_classes * count(class))` over the whole training set.
+    Balanced,
+    /// As `Balanced`, but recomputed on each tree's bootstrap draw (draws counted with
+    /// multiplicity). Without bootstrap it equals `Balanced`.
+    BalancedSubsample,
+}
+
+/// Unchecked forest hyperparameters (builder). Defaults follow scikit-learn's
+/// `RandomForestClassifier`, plus `max_bins = 256` and `seed = 0`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForestParams(ForestValidParams);
+
+/// Checked forest hyperparameters; only [`ForestParams::check`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForestValidParams {
+    n_trees: usize,
+    tree: TreeRules,
+    bootstrap: bool,
+    /// Fraction of the rows drawn (with replacement) per tree; `None` = as many as rows.
+    max_samples: Option<f64>,
+    oob_score: bool,
+    seed: u64,
+}
+
+/// Rules shared by the forest and the single tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TreeRules {
+    max_depth: Option<usize>,
+    min_samples_split: usize,
+    min_samples_leaf: usize,
+    max_features: MaxFeatures,
+    class_weight: ClassWeight,
+    max_bins: usize,
+}
+
+impl TreeRules {
+    fn check(&self) -> Result<(), ForestError> {
+        if self.max_depth == Some(0) {
+            return Err(ForestError::ZeroMaxDepth);
+        }
+        if self.min_samples_leaf == 0 {
+            return Err(ForestError::ZeroMinSamplesLeaf);
+        }
+        if self.min_samples_split < 2 {
+            return Err(ForestError::MinSamplesSplitBelowTwo(self.min_samples_split));
+        }
+        if let MaxFeatures::Fraction(fraction) = self.max_features {
+            // Written so NaN fails too.
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(ForestError::MaxFeaturesFractionOutOfRange(fraction));
+            }
+        }
+        if !(2..=256).contains(&self.max_bins) {
+            return Err(ForestError::MaxBinsOutOfRange(self.max_bins));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ForestParams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ForestParams {
+    /// Checks every rule once; same as linfa's `ParamGuard::check`, without importing it.
+    pub fn check(self) -> Result<ForestValidParams, ForestError> {
+        ParamGuard::check(self)
+    }
+
+    pub fn new() -> Self {
+        ForestParams(ForestValidParams {
+            n_trees: 100,
+            tree: TreeRules {
+                max_depth: None,
+                min_samples_split: 2,
+                min_samples_leaf: 1,
+                max_features: MaxFeatures::Sqrt,
+                class_weight: ClassWeight::None,
+                max_bins: 256,
+            },
+            bootstrap: true,
+            max_samples: None,
+            oob_score: false,
+            seed: 0,
+        })
+    }
+    pub fn n_trees(mut self, n_trees: usize) -> Self {
+        self.0.n_trees = n_trees;
+        self
+    }
+    /// `None` grows until leaves are pure or the row rules stop it.
+    pub fn max_depth(mut self, max_depth: Option<usize>) -> Self {
+        self.0.tree.max_depth = max_depth;
+        self
+    }
+    pub fn min_samples_split(mut self, min_samples_split: usize) -> Self {
+        self.0.tree.min_samples_split = min_samples_split;
+        self
+    }
+    pub fn min_samples_leaf(mut self, min_samples_leaf: usize) -> Self {
+        self.0.tree.min_samples_leaf = min_samples_leaf;
+        self
+    }
+    pub fn max_features(mut self, max_features: MaxFeatures) -> Self {
+        self.0.tree.max_features = max_features;
+        self
+    }
+    pub fn class_weight(mut self, class_weight: ClassWeight) -> Self {
+        self.0.tree.class_weight = class_weight;
+        self
+    }
+    pub fn max_bins(mut self, max_bins: usize) -> Self {
+        self.0.tree.max_bins = max_bins;
+        self
+    }
+    pub fn bootstrap(mut self, bootstrap: bool) -> Self {
+        self.0.bootstrap = bootstrap;
+        self
+    }
+    pub fn max_samples(mut self, max_samples: Option<f64>) -> Self {
+        self.0.max_samples = max_samples;
+        self
+    }
+    pub fn oob_score(mut self, oob_score: bool) -> Self {
+        self.0.oob_score = oob_score;
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.0.seed = seed;
+        self
+    }
+}
+
+impl ParamGuard for ForestParams {
+    type Checked = ForestValidParams;
+    type Error = ForestError;
+
+    fn check_ref(&self) -> Result<&ForestValidParams, ForestError> {
+        let params = &self.0;
+        if params.n_trees == 0 {
+            return Err(ForestError::ZeroTrees);
+        }
+        params.tree.check()?;
+        if let Some(fraction) = params.max_samples {
+            if !params.bootstrap {
+                return Err(ForestError::MaxSamplesWithoutBootstrap);
+            }
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(ForestError::MaxSamplesOutOfRange(fraction));
+            }
+        }
+        if params.oob_score && !params.bootstrap {
+            return Err(ForestError::OobScoreWithoutBootstrap);
+        }
+        Ok(params)
+    }
+
+    fn check(self) -> Result<ForestValidParams, ForestError> {
+        self.check_ref()?;
+        Ok(self.0)
+    }
+}
+
+/// Unchecked single-tree hyperparameters. Defaults follow scikit-learn's
+/// `DecisionTreeClassifier` (all features per split), plus `max_bins = 256` and `seed = 0` (the
+/// seed matters only when `max_features` samples).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionTreeParams(DecisionTreeValidParams);
+
+/// Checked single-tree hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionTreeValidParams {
+    tree: TreeRules,
+    seed: u64,
+}
+
+impl Default for DecisionTreeParams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DecisionTreeParams {
+    /// Checks every rule once; same as linfa's `ParamGuard::check`, without importing it.
+    pub fn check(self) -> Result<DecisionTreeValidParams, ForestError> {
+        ParamGuard::check(self)
+    }
+
+    pub fn new() -> Self {
+        DecisionTreeParams(DecisionTreeValidParams {
+            tree: TreeRules {
+                max_depth: None,
+                min_samples_split: 2,
+                min_samples_leaf: 1,
+                max_features: MaxFeatures::All,
+                class_weight: ClassWeight::None,
+                max_bins: 256,
+            },
+            seed: 0,
+        })
+    }
+    pub fn max_depth(mut self, max_depth: Option<usize>) -> Self {
+        self.0.tree.max_depth = max_depth;
+        self
+    }
+    pub fn min_samples_split(mut self, min_samples_split: usize) -> Self {
+        self.0.tree.min_samples_split = min_samples_split;
+        self
+    }
+    pub fn min_samples_leaf(mut self, min_samples_leaf: usize) -> Self {
+        self.0.tree.min_samples_leaf = min_samples_leaf;
+        self
+    }
+    pub fn max_features(mut self, max_features: MaxFeatures) -> Self {
+        self.0.tree.max_features = max_features;
+        self
+    }
+    /// `BalancedSubsample` means `Balanced` here (the tree sees every row).
+    pub fn class_weight(mut self, class_weight: ClassWeight) -> Self {
+        self.0.tree.class_weight = class_weight;
+        self
+    }
+    pub fn max_bins(mut self, max_bins: usize) -> Self {
+        self.0.tree.max_bins = max_bins;
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.0.seed = seed;
+        self
+    }
+}
+
+impl ParamGuard for DecisionTreeParams {
+    type Checked = DecisionTreeValidParams;
+    type Error = ForestError;
+
+    fn check_ref(&self) -> Result<&DecisionTreeValidParams, ForestError> {
+        self.0.tree.check()?;
+        Ok(&self.0)
+    }
+
+    fn check(self) -> Result<DecisionTreeValidParams, ForestError> {
+        self.check_ref()?;
+        Ok(self.0)
+    }
+}
+
+/// Out-of-bag estimate, from the trees that did not draw each row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OobEstimate {
+    /// Accuracy (positive when probability > 0.5) over the rows with at least one OOB tree.
+    pub accuracy: f64,
+    /// Per training row, the mean positive-class probability over the trees for which the row
+    /// was out of bag; `None` when every tree drew it (rare with many trees).
+    pub probabilities: Vec<Option<f64>>,
+}
+
+/// Path-based (Saabas) explanation of positive-class probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contributions {
+    /// Mean root positive fraction over the trees: the prediction before any split, the same for
+    /// every row.
+    pub bias: f64,
+    /// `rows × features`: for each row, the change in positive-class probability along its path
+    /// credited to each split feature, averaged over trees. `bias + row sum = predict_proba`.
+    pub per_feature: Array2<f64>,
+}
+
+/// A fitted random forest. Serialised field names are the saved-model format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RandomForest {
+    /// Width of the feature matrix at fit; prediction checks it.
+    pub n_features: usize,
+    /// Number of classes (2 today); `Node::class_fractions` has this many entries.
+    pub n_classes: usize,
+    /// The trees, in index order (tree `i` used random stream `i`).
+    pub trees: Vec<Tree>,
+    /// Normalised impurity importances (sum 1 unless no tree split), as scikit-learn's
+    /// `feature_importances_`.
+    pub feature_importances: Vec<f64>,
+    /// OOB accuracy when `oob_score` was requested.
+    pub oob_accuracy: Option<f64>,
+    /// Per-row OOB probabilities: fit-time diagnostics, not saved.
+    #[serde(skip)]
+    pub oob_probabilities: Option<Vec<Option<f64>>>,
+}
+
+/// A fitted single tree. Serialised field names are the saved-model format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionTree {
+    pub n_features: usize,
+    pub n_classes: usize,
+    pub tree: Tree,
+    /// Normalised impurity importances, as scikit-learn's `feature_importances_`.
+    pub feature_importances: Vec<f64>,
+}
+
+/// Training data after the data rules passed.
+struct CheckedData<'x, 'l> {
+    x: ArrayView2<'x, f64>,
+    labels: &'l [usize],
+    /// Caller's sample weights, 1.0 when none were given.
+    sample_weights: Vec<f64>,
+}
+
+fn check_data<'x, 'l>(
+    x: ArrayView2<'x, f64>,
+    labels: &'l [usize],
+    sample_weight: Option<&[f64]>,
+) -> Result<CheckedData<'x, 'l>, ForestError> {
+    let (rows, features) = x.dim();
+    if rows == 0 {
+        return Err(ForestError::NoRows);
+    }
+    if features == 0 {
+        return Err(ForestError::NoFeatures);
+    }
+    if labels.len() != rows {
+        return Err(ForestError::LabelCountMismatch {
+            rows,
+            labels: labels.len(),
+        });
+    }
+    if let Some((row, &label)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l >= BINARY_CLASSES)
+    {
+        return Err(ForestError::LabelNotBinary { row, label });
+    }
+    if labels.iter().all(|&l| l == labels[0]) {
+        return Err(ForestError::SingleClass(labels[0]));
+    }
+    for ((row, feature), value) in x.indexed_iter() {
+        if value.is_infinite() {
+            return Err(ForestError::InfiniteFeature { row, feature });
+        }
+    }
+    let sample_weights = match sample_weight {
+        None => vec![1.0; rows],
+        Some(weights) => {
+            if weights.len() != rows {
+                return Err(ForestError::SampleWeightCountMismatch {
+                    rows,
+                    weights: weights.len(),
+                });
+            }
+            if let Some((row, &weight)) = weights
+                .iter()
+                .enumerate()
+                .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
+            {
+                return Err(ForestError::InvalidSampleWeight { row, weight });
+            }
+            if weights.iter().all(|&w| w == 0.0) {
+                return Err(ForestError::ZeroTotalSampleWeight);
+            }
+            weights.to_vec()
+        }
+    };
+    Ok(CheckedData {
+        x,
+        labels,
+        sample_weights,
+    })
+}
+
+/// scikit-learn's `compute_class_weight("balanced")` over `counts` (draws per class): classes
+/// that were not drawn get weight 0 (they have no rows to weigh anyway).
+fn balanced_class_weights(counts: &[usize]) -> Vec<f64> {
+    let total: usize = counts.iter().sum();
+    let present = counts.iter().filter(|&&c| c > 0).count();
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                total as f64 / (present as f64 * c as f64)
+            }
+        })
+        .collect()
+}
+
+fn class_counts(labels: impl Iterator<Item = (usize, usize)>, n_classes: usize) -> Vec<usize> {
+    let mut counts = vec![0; n_classes];
+    for (label, multiplicity) in labels {
+        counts[label] += multiplicity;
+    }
+    counts
+}
+
+/// Per-row tree weights (draw count × sample weight × class weight) and the in-bag mask for one
+/// tree, drawn from that tree's own random stream.
+fn tree_weights(
+    data: &CheckedData<'_, '_>,
+    rules: &TreeRules,
+    draws: Option<usize>,
+    rng: &mut ChaCha8Rng,
+    global_class_weights: &[f64],
+) -> (Vec<f64>, Vec<bool>) {
+    let rows = data.labels.len();
+    let draw_counts: Vec<usize> = match draws {
+        None => vec![1; rows],
+        Some(n_draws) => {
+            let mut counts = vec![0; rows];
+            for _ in 0..n_draws {
+                counts[rng.random_range(0..rows)] += 1;
+            }
+            counts
+        }
+    };
+    let class_weights = match rules.class_weight {
+        ClassWeight::BalancedSubsample => balanced_class_weights(&class_counts(
+            data.labels.iter().zip(&draw_counts).map(|(&l, &c)| (l, c)),
+            BINARY_CLASSES,
+        )),
+        _ => global_class_weights.to_vec(),
+    };
+    let weights = (0..rows)
+        .map(|row| {
+            draw_counts[row] as f64 * data.sample_weights[row] * class_weights[data.labels[row]]
+        })
+        .collect();
+    let in_bag = draw_counts.iter().map(|&c| c > 0).collect();
+    (weights, in_bag)
+}
+
+/// One fitted tree plus the rows it drew (needed for OOB only).
+struct GrownTree {
+    tree: Tree,
+    in_bag: Vec<bool>,
+}
+
+/// Shared fitting path of the forest and the single tree.
+fn grow_trees(
+    data: &CheckedData<'_, '_>,
+    rules: &TreeRules,
+    n_trees: usize,
+    draws: Option<usize>,
+    seed: u64,
+) -> Vec<GrownTree> {
+    let binned = BinnedFeatures::new(data.x, rules.max_bins);
+    let n_features = data.x.ncols();
+    // Without bootstrap, BalancedSubsample is computed on the full set, i.e. it is Balanced.
+    let rules_for_weights =
+        if draws.is_none() && rules.class_weight == ClassWeight::BalancedSubsample {
+            TreeRules {
+                class_weight: ClassWeight::Balanced,
+                ..*rules
+            }
+        } else {
+            *rules
+        };
+    let global_class_weights = match rules_for_weights.class_weight {
+        // BalancedSubsample is computed per tree, from that tree's draws.
+        ClassWeight::None | ClassWeight::BalancedSubsample => vec![1.0; BINARY_CLASSES],
+        ClassWeight::Balanced => balanced_class_weights(&class_counts(
+            data.labels.iter().map(|&l| (l, 1)),
+            BINARY_CLASSES,
+        )),
+    };
+    let settings = GrowSettings {
+        max_depth: rules.max_depth,
+        min_samples_split: rules.min_samples_split,
+        min_samples_leaf: rules.min_samples_leaf,
+        features_per_split: rules.max_features.resolve(n_features),
+        n_classes: BINARY_CLASSES,
+    };
+    (0..n_trees)
+        .into_par_iter()
+        .map(|tree_index| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(tree_index as u64);
+            let (weights, in_bag) = tree_weights(
+                data,
+                &rules_for_weights,
+                draws,
+                &mut rng,
+                &global_class_weights,
+            );
+            let sample = TreeSample {
+                binned: &binned,
+                labels: data.labels,
+                weights,
+            };
+            GrownTree {
+                tree: tree::grow_tree(&sample, settings, &mut rng),
+                in_bag,
+            }
+        })
+        .collect()
+}
+
+/// scikit-learn's forest importances: mean of each tree's normalised importances over the trees
+/// that split at least once, renormalised.
+fn feature_importances(trees: &[Tree], n_features: usize) -> Vec<f64> {
+    let mut total = vec![0.0; n_features];
+    let mut contributing = 0usize;
+    for tree in trees.iter().filter(|tree| tree.nodes.len() > 1) {
+        let decrease = tree.impurity_decrease_per_feature(n_features);
+        let sum: f64 = decrease.iter().sum();
+        if sum > 0.0 {
+            total
+                .iter_mut()
+                .zip(&decrease)
+                .for_each(|(t, d)| *t += d / sum);
+        }
+        contributing += 1;
+    }
+    if contributing == 0 {
+        return total;
+    }
+    total.iter_mut().for_each(|t| *t /= contributing as f64);
+    let sum: f64 = total.iter().sum();
+    if sum > 0.0 {
+        total.iter_mut().for_each(|t| *t /= sum);
+    }
+    total
+}
+
+fn check_width(x: &ArrayView2<'_, f64>, expected: usize) -> Result<(), ForestError> {
+    if x.ncols() == expected {
+        Ok(())
+    } else {
+        Err(ForestError::FeatureCountMismatch {
+            expected,
+            found: x.ncols(),
+        })
+    }
+}
+
+/// Rows per rayon task in prediction; the result does not depend on it.
+const PREDICT_CHUNK_ROWS: usize = 256;
+
+/// Mean positive-class leaf fraction over `trees`, for every row (trees summed in order).
+fn mean_positive_probability(trees: &[Tree], x: ArrayView2<'_, f64>) -> Array1<f64> {
+    let mut out = vec![0.0; x.nrows()];
+    out.par_chunks_mut(PREDICT_CHUNK_ROWS)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            // Trees outer, rows inner: a tree's upper nodes stay in cache across the chunk. Each
+            // row still sums its trees in tree order, so the result is the same bit for bit.
+            let first_row = chunk * PREDICT_CHUNK_ROWS;
+            for tree in trees {
+                for (offset, sum) in out.iter_mut().enumerate() {
+                    let row = x.row(first_row + offset);
+                    *sum += tree.nodes[tree.leaf_index(|f| row[f])].class_fractions[POSITIVE_CLASS];
+                }
+            }
+            out.iter_mut().for_each(|sum| *sum /= trees.len() as f64);
+        });
+    Array1::from(out)
+}
+
+fn contributions_of(trees: &[Tree], x: ArrayView2<'_, f64>) -> Contributions {
+    let n_features = x.ncols();
+    let n_trees = trees.len() as f64;
+    let bias = trees
+        .iter()
+        .map(|t| t.nodes[0].class_fractions[POSITIVE_CLASS])
+        .sum::<f64>()
+        / n_trees;
+    let mut flat = vec![0.0; x.nrows() * n_features];
+    flat.par_chunks_mut(PREDICT_CHUNK_ROWS * n_features)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            for (offset, out_row) in out.chunks_mut(n_features).enumerate() {
+                let row = x.row(chunk * PREDICT_CHUNK_ROWS + offset);
+                for tree in trees {
+                    let path = tree.path(|f| row[f]);
+                    for step in path.windows(2) {
+                        let parent = &tree.nodes[step[0]];
+                        let child = &tree.nodes[step[1]];
+                        // Every node on the path but the leaf has a split feature.
+                        if let Some(feature) = parent.split_feature {
+                            out_row[feature as usize] += child.class_fractions[POSITIVE_CLASS]
+                                - parent.class_fractions[POSITIVE_CLASS];
+                        }
+                    }
+                }
+                out_row.iter_mut().for_each(|v| *v /= n_trees);
+            }
+        });
+    let per_feature = Array2::from_shape_vec((x.nrows(), n_features), flat)
+        .unwrap_or_else(|_| Array2::zeros((x.nrows(), n_features)));
+    Contributions { bias, per_feature }
+}
+
+/// Hard labels from positive-class probabilities: class 1 when strictly above 0.5 (a tie goes to
+/// class 0, as scikit-learn's argmax).
+fn labels_from_probabilities(probabilities: &Array1<f64>) -> Array1<usize> {
+    probabilities.mapv(|p| usize::from(p > 0.5))
+}
+
+impl RandomForest {
+    /// Fits a forest. `labels` are 0/1; `sample_weight` (finite, ≥ 0) multiplies each row's
+    /// weight, as scikit-learn's `sample_weight`.
+    pub fn fit(
+        params: &ForestValidParams,
+        x: ArrayView2<'_, f64>,
+        labels: &[usize],
+        sample_weight: Option<&[f64]>,
+    ) -> Result<RandomForest, ForestError> {
+        let data = check_data(x, labels, sample_weight)?;
+        let rows = x.nrows();
+        let draws = params.bootstrap.then(|| match params.max_samples {
+            None => rows,
+            Some(fraction) => ((rows as f64 * fraction).round() as usize).max(1),
+        });
+        let grown = grow_trees(&data, &params.tree, params.n_trees, draws, params.seed);
+        let (oob_accuracy, oob_probabilities) = if params.oob_score {
+            let oob = oob_estimate(&grown, x, labels);
+            // No row scored (too few trees) leaves the accuracy undefined: None, not NaN.
+            (
+                Some(oob.accuracy).filter(|a| !a.is_nan()),
+                Some(oob.probabilities),
+            )
+        } else {
+            (None, None)
+        };
+        let trees: Vec<Tree> = grown.into_iter().map(|g| g.tree).collect();
+        Ok(RandomForest {
+            n_features: x.ncols(),
+            n_classes: BINARY_CLASSES,
+            feature_importances: feature_importances(&trees, x.ncols()),
+            trees,
+            oob_accuracy,
+            oob_probabilities,
+        })
+    }
+
+    /// Positive-class probability per row: mean over trees of the leaf's class-1 fraction.
+    pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
+        check_width(&x, self.n_features)?;
+        Ok(mean_positive_probability(&self.trees, x))
+    }
+
+    /// 0/1 per row (1 when the probability is above 0.5). Named apart from linfa's
+    /// `Predict::predict`, which stays callable as `model.predict(&x)`.
+    pub fn predict_labels(&self, x: ArrayView2<'_, f64>) -> Result<Array1<usize>, ForestError> {
+        Ok(labels_from_probabilities(&self.predict_proba(x)?))
+    }
+
+    /// Saabas contributions per row and feature (see [`Contributions`]).
+    pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
+        check_width(&x, self.n_features)?;
+        Ok(contributions_of(&self.trees, x))
+    }
+
+    /// The OOB estimate, when the forest was fitted with `oob_score` in this process.
+    pub fn oob(&self) -> Option<OobEstimate> {
+        Some(OobEstimate {
+            accuracy: self.oob_accuracy?,
+            probabilities: self.oob_probabilities.clone()?,
+        })
+    }
+}
+
+fn oob_estimate(grown: &[GrownTree], x: ArrayView2<'_, f64>, labels: &[usize]) -> OobEstimate {
+    let probabilities: Vec<Option<f64>> = (0..x.nrows())
+        .into_par_iter()
+        .with_min_len(PREDICT_CHUNK_ROWS)
+        .map(|row_index| {
+            let row = x.row(row_index);
+            let mut sum = 0.0;
+            let mut n = 0usize;
+            for g in grown.iter().filter(|g| !g.in_bag[row_index]) {
+                sum += g.tree.nodes[g.tree.leaf_index(|f| row[f])].class_fractions[POSITIVE_CLASS];
+                n += 1;
+            }
+            (n > 0).then(|| sum / n as f64)
+        })
+        .collect();
+    let scored: Vec<(usize, f64)> = probabilities
+        .iter()
+        .zip(labels)
+        .filter_map(|(p, &label)| p.map(|p| (label, p)))
+        .collect();
+    let correct = scored
+        .iter()
+        .filter(|(label, p)| usize::from(*p > 0.5) == *label)
+        .count();
+    let accuracy = if scored.is_empty() {
+        f64::NAN
+    } else {
+        correct as f64 / scored.len() as f64
+    };
+    OobEstimate {
+        accuracy,
+        probabilities,
+    }
+}
+
+impl DecisionTree {
+    /// Fits one tree on every row (no bootstrap).
+    pub fn fit(
+        params: &DecisionTreeValidParams,
+        x: ArrayView2<'_, f64>,
+        labels: &[usize],
+        sample_weight: Option<&[f64]>,
+    ) -> Result<DecisionTree, ForestError> {
+        let data = check_data(x, labels, sample_weight)?;
+        let mut grown = grow_trees(&data, &params.tree, 1, None, params.seed);
+        // grow_trees returns exactly the one tree asked for.
+        let tree = grown.pop().map(|g| g.tree).ok_or(ForestError::ZeroTrees)?;
+        Ok(DecisionTree {
+            n_features: x.ncols(),
+            n_classes: BINARY_CLASSES,
+            feature_importances: feature_importances(std::slice::from_ref(&tree), x.ncols()),
+            tree,
+        })
+    }
+
+    /// Positive-class probability per row: the leaf's class-1 fraction.
+    pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
+        check_width(&x, self.n_features)?;
+        Ok(mean_positive_probability(
+            std::slice::from_ref(&self.tree),
+            x,
+        ))
+    }
+
+    pub fn predict_labels(&self, x: ArrayView2<'_, f64>) -> Result<Array1<usize>, ForestError> {
+        Ok(labels_from_probabilities(&self.predict_proba(x)?))
+    }
+
+    pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
+        check_width(&x, self.n_features)?;
+        Ok(contributions_of(std::slice::from_ref(&self.tree), x))
+    }
+}
+
+/// ROC AUC of `scores` against 0/1 `labels` (Mann–Whitney, ties counted half). `None` when a
+/// class is absent or lengths differ.
+pub fn roc_auc(labels: &[usize], scores: &[f64]) -> Option<f64> {
+    if labels.len() != scores.len() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let positives = labels.iter().filter(|&&l| l == POSITIVE_CLASS).count() as f64;
+    let negatives = labels.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Sum of positive ranks, average rank for tied scores.
+    let mut rank_sum = 0.0;
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start;
+        while end + 1 < order.len() && scores[order[end + 1]] == scores[order[start]] {
+            end += 1;
+        }
+        let average_rank = (start + end) as f64 / 2.0 + 1.0;
+        for &i in &order[start..=end] {
+            if labels[i] == POSITIVE_CLASS {
+                rank_sum += average_rank;
+            }
+        }
+        start = end + 1;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+}
+
+// --- linfa integration ---------------------------------------------------------------------
+
+fn dataset_parts<D: Data<Elem = f64>, T: AsSingleTargets<Elem = usize>>(
+    dataset: &DatasetBase<ArrayBase<D, Ix2>, T>,
+) -> (Vec<usize>, Option<Vec<f64>>) {
+    let labels = dataset.as_single_targets().to_vec();
+    let weights = dataset
+        .weights()
+        .map(|w| w.iter().map(|&w| f64::from(w)).collect());
+    (labels, weights)
+}
+
+impl<D: Data<Elem = f64>, T: AsSingleTargets<Elem = usize>> Fit<ArrayBase<D, Ix2>, T, ForestError>
+    for ForestValidParams
+{
+    type Object = RandomForest;
+
+    fn fit(
+        &self,
+        dataset: &DatasetBase<ArrayBase<D, Ix2>, T>,
+    ) -> Result<RandomForest, ForestError> {
+        let (labels, weights) = dataset_parts(dataset);
+        RandomForest::fit(self, dataset.records.view(), &labels, weights.as_deref())
+    }
+}
+
+impl<D: Data<Elem = f64>, T: AsSingleTargets<Elem = usize>> Fit<ArrayBase<D, Ix2>, T, ForestError>
+    for DecisionTreeValidParams
+{
+    type Object = DecisionTree;
+
+    fn fit(
+        &self,
+        dataset: &DatasetBase<ArrayBase<D, Ix2>, T>,
+    ) -> Result<DecisionTree, ForestError> {
+        let (labels, weights) = dataset_parts(dataset);
+        DecisionTree::fit(self, dataset.records.view(), &labels, weights.as_deref())
+    }
+}
+
+/// linfa's `PredictInplace` cannot return an error, so a records matrix of the wrong width
+/// panics here with a clear message (as linfa's own models do on shape mismatch); use the
+/// `Result`-returning inherent methods for untrusted input.
+macro_rules! impl_linfa_predict {
+    ($model:ty) => {
+        impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<f64>> for $model {
+            /// Positive-class probabilities.
+            fn predict_inplace(&self, x: &ArrayBase<D, Ix2>, y: &mut Array1<f64>) {
+                match self.predict_proba(x.view()) {
+                    Ok(p) => y.assign(&p),
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            fn default_target(&self, x: &ArrayBase<D, Ix2>) -> Array1<f64> {
+                Array1::zeros(x.nrows())
+            }
+        }
+
+        impl<D: Data<Elem = f64>> PredictInplace<ArrayBase<D, Ix2>, Array1<usize>> for $model {
+            /// Hard 0/1 labels.
+            fn predict_inplace(&self, x: &ArrayBase<D, Ix2>, y: &mut Array1<usize>) {
+                match self.predict_labels(x.view()) {
+                    Ok(p) => y.assign(&p),
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            fn default_target(&self, x: &ArrayBase<D, Ix2>) -> Array1<usize> {
+                Array1::zeros(x.nrows())
+            }
+        }
+    };
+}
+
+impl_linfa_predict!(RandomForest);
+impl_linfa_predict!(DecisionTree);

@@ -1,0 +1,472 @@
+use super::*;
+use ndarray::{Array2, array};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Noisy logistic rule on the first three of `n_features` uniform(-1, 1) features:
+/// P(y = 1) = sigmoid(6·x0 − 4·x1·x2 + 2·x2); the others are noise.
+fn planted(rows: usize, n_features: usize, seed: u64) -> (Array2<f64>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = Array2::from_shape_fn((rows, n_features), |_| rng.random_range(-1.0..1.0));
+    let labels = x
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let logit: f64 = 6.0 * r[0] - 4.0 * r[1] * r[2] + 2.0 * r[2];
+            let p = 1.0 / (1.0 + (-logit).exp());
+            usize::from(rng.random::<f64>() < p)
+        })
+        .collect();
+    (x, labels)
+}
+
+fn forest(params: ForestParams, x: &Array2<f64>, y: &[usize]) -> Result<RandomForest, ForestError> {
+    RandomForest::fit(&params.check()?, x.view(), y, None)
+}
+
+fn single_tree(
+    params: DecisionTreeParams,
+    x: &Array2<f64>,
+    y: &[usize],
+) -> Result<DecisionTree, ForestError> {
+    DecisionTree::fit(&params.check()?, x.view(), y, None)
+}
+
+fn features_used(tree: &Tree) -> std::collections::BTreeSet<u32> {
+    tree.nodes.iter().filter_map(|n| n.split_feature).collect()
+}
+
+#[test]
+fn probabilities_are_bit_identical_with_one_and_two_threads() -> TestResult {
+    let (x, y) = planted(1500, 6, 1);
+    let params = ForestParams::new()
+        .n_trees(12)
+        .oob_score(true)
+        .class_weight(ClassWeight::BalancedSubsample)
+        .seed(7);
+    let fit_and_predict = |threads: usize| -> Result<
+        (RandomForest, Vec<u64>),
+        Box<dyn std::error::Error + Send + Sync>,
+    > {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        pool.install(|| {
+            let model = forest(params.clone(), &x, &y)?;
+            let bits = model
+                .predict_proba(x.view())?
+                .iter()
+                .map(|p| p.to_bits())
+                .collect();
+            Ok((model, bits))
+        })
+    };
+    let (one_model, one_bits) = fit_and_predict(1)?;
+    let (two_model, two_bits) = fit_and_predict(2)?;
+    assert_eq!(one_bits, two_bits);
+    assert_eq!(
+        one_model, two_model,
+        "trees, importances and OOB must match too"
+    );
+    Ok(())
+}
+
+#[test]
+fn forest_learns_a_planted_noisy_rule() -> TestResult {
+    let (x, y) = planted(3000, 8, 2);
+    let (x_test, y_test) = planted(2000, 8, 3);
+    let model = forest(ForestParams::new().n_trees(30).oob_score(true), &x, &y)?;
+    let auc = roc_auc(
+        &y_test,
+        model
+            .predict_proba(x_test.view())?
+            .as_slice()
+            .ok_or("contiguous")?,
+    )
+    .ok_or("auc")?;
+    // The Bayes-optimal AUC of this rule is about 0.93; a broken split search lands near 0.5.
+    assert!(auc > 0.88, "test AUC {auc}");
+    // The informative feature x0 dominates the importances, which sum to 1.
+    let importances = &model.feature_importances;
+    assert!((importances.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    let top = (0..importances.len()).max_by(|&a, &b| importances[a].total_cmp(&importances[b]));
+    assert_eq!(top, Some(0));
+    // OOB probabilities rank the training rows about as well as the test rows are ranked.
+    let oob = model.oob().ok_or("oob requested")?;
+    let (scored_y, scored_p): (Vec<usize>, Vec<f64>) = oob
+        .probabilities
+        .iter()
+        .zip(&y)
+        .filter_map(|(p, &l)| p.map(|p| (l, p)))
+        .unzip();
+    assert!(
+        scored_y.len() > 2900,
+        "nearly every row is OOB for some of 30 trees"
+    );
+    let oob_auc = roc_auc(&scored_y, &scored_p).ok_or("auc")?;
+    assert!(
+        oob_auc > 0.86 && (oob_auc - auc).abs() < 0.04,
+        "OOB AUC {oob_auc} vs test {auc}"
+    );
+    assert!(oob.accuracy > 0.75, "OOB accuracy {}", oob.accuracy);
+    Ok(())
+}
+
+#[test]
+fn full_depth_tree_fits_distinct_training_rows_exactly() -> TestResult {
+    let (x, y) = planted(2000, 5, 4);
+    let model = single_tree(DecisionTreeParams::new(), &x, &y)?;
+    // Quantile bins (256) are coarser than 2000 distinct values, yet the tree keeps splitting on
+    // other features until every leaf is pure.
+    assert_eq!(model.predict_labels(x.view())?.to_vec(), y);
+    assert!(
+        model
+            .predict_proba(x.view())?
+            .iter()
+            .all(|&p| p == 0.0 || p == 1.0)
+    );
+    Ok(())
+}
+
+#[test]
+fn features_are_sampled_per_split_not_per_tree() -> TestResult {
+    // Every feature carries signal, so whichever single feature a split draws, it can split.
+    let (x, y) = planted(1000, 5, 5);
+    let model = single_tree(
+        DecisionTreeParams::new().max_features(MaxFeatures::Fraction(0.2)),
+        &x,
+        &y,
+    )?;
+    let used = features_used(&model.tree);
+    assert!(
+        used.len() >= 3,
+        "one feature per split, yet the tree uses {used:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn balanced_class_weight_equalises_class_mass_in_a_leaf() -> TestResult {
+    // A constant feature allows no split, so the root is the only leaf. Labels 3 × 0, 1 × 1:
+    // scikit-learn's balanced weights are 4 / (2·3) = 2/3 and 4 / (2·1) = 2, so the leaf holds
+    // 3·2/3 = 2 of class 0 and 2 of class 1: probability 0.5 instead of 0.25.
+    let x = array![[1.0], [1.0], [1.0], [1.0]];
+    let y = [0, 0, 0, 1];
+    let plain = single_tree(DecisionTreeParams::new(), &x, &y)?;
+    let balanced = single_tree(
+        DecisionTreeParams::new().class_weight(ClassWeight::Balanced),
+        &x,
+        &y,
+    )?;
+    assert_eq!(plain.predict_proba(x.view())?[0], 0.25);
+    assert_eq!(balanced.predict_proba(x.view())?[0], 0.5);
+    assert_eq!(balanced.tree.nodes[0].weighted_n_rows, 4.0);
+    Ok(())
+}
+
+#[test]
+fn balanced_subsample_balances_each_bootstrap_draw() -> TestResult {
+    // Same constant feature, 14 × 0 and 6 × 1. With per-draw weights every tree's leaf is 50/50
+    // (both classes are drawn in every tree here); with whole-set weights the draw's own
+    // imbalance shows through.
+    let x = Array2::from_elem((20, 1), 1.0);
+    let y: Vec<usize> = (0..20).map(|i| usize::from(i < 6)).collect();
+    let subsample = forest(
+        ForestParams::new()
+            .n_trees(20)
+            .class_weight(ClassWeight::BalancedSubsample),
+        &x,
+        &y,
+    )?;
+    let whole_set = forest(
+        ForestParams::new()
+            .n_trees(20)
+            .class_weight(ClassWeight::Balanced),
+        &x,
+        &y,
+    )?;
+    let leaf = |tree: &Tree| tree.nodes[0].class_fractions[1];
+    assert!(
+        subsample
+            .trees
+            .iter()
+            .all(|t| (leaf(t) - 0.5).abs() < 1e-12)
+    );
+    assert!(whole_set.trees.iter().any(|t| (leaf(t) - 0.5).abs() > 0.01));
+    Ok(())
+}
+
+#[test]
+fn bias_plus_contributions_equals_probability() -> TestResult {
+    let (x, y) = planted(1000, 6, 6);
+    let model = forest(ForestParams::new().n_trees(15).max_depth(Some(8)), &x, &y)?;
+    let (x_test, _) = planted(300, 6, 7);
+    let probabilities = model.predict_proba(x_test.view())?;
+    let contributions = model.contributions(x_test.view())?;
+    for (row, &p) in contributions
+        .per_feature
+        .rows()
+        .into_iter()
+        .zip(&probabilities)
+    {
+        assert!((contributions.bias + row.sum() - p).abs() < 1e-9);
+    }
+    // The informative feature moves predictions the most on average.
+    let mean_abs = contributions
+        .per_feature
+        .mapv(f64::abs)
+        .mean_axis(ndarray::Axis(0))
+        .ok_or("rows")?;
+    assert!(mean_abs[0] > mean_abs[3] && mean_abs[0] > mean_abs[4]);
+    let single = single_tree(DecisionTreeParams::new(), &x, &y)?;
+    let single_contributions = single.contributions(x_test.view())?;
+    let single_p = single.predict_proba(x_test.view())?;
+    for (row, &p) in single_contributions
+        .per_feature
+        .rows()
+        .into_iter()
+        .zip(&single_p)
+    {
+        assert!((single_contributions.bias + row.sum() - p).abs() < 1e-9);
+    }
+    Ok(())
+}
+
+#[test]
+fn lossless_binning_tree_agrees_with_linfa_trees() -> TestResult {
+    use linfa::prelude::*;
+    // 200 rows, so every feature has at most 200 distinct values and gets one bin per value:
+    // binning is lossless, both trees see the same candidate splits (midpoints between
+    // neighbouring values) and both break Gini ties by lowest feature, then lowest threshold.
+    // Values are distinct within each column because linfa-trees 0.8.1 skips a candidate split
+    // when a row outside the node shares the value at the cut, which would make its tree differ
+    // for a reason unrelated to ours. Labels are noisy, so trees are deep.
+    let (x, y) = planted(200, 4, 8);
+    let (x_test, _) = planted(3000, 4, 9);
+    let ours = single_tree(DecisionTreeParams::new(), &x, &y)?;
+    let dataset = Dataset::new(x.clone(), Array1::from(y.clone()));
+    let theirs = linfa_trees::DecisionTree::params()
+        .max_depth(None)
+        .min_weight_split(2.0)
+        .min_weight_leaf(1.0)
+        .min_impurity_decrease(1e-12)
+        .fit(&dataset)?;
+    let their_labels: Array1<usize> = theirs.predict(&x_test);
+    let our_labels = ours.predict_labels(x_test.view())?;
+    let disagreements = our_labels
+        .iter()
+        .zip(&their_labels)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(disagreements, 0, "of {} test rows", x_test.nrows());
+    let their_train: Array1<usize> = theirs.predict(&x);
+    assert_eq!(
+        their_train.to_vec(),
+        y,
+        "both trees fit distinct rows exactly"
+    );
+    Ok(())
+}
+
+#[test]
+fn composes_with_linfa_dataset_fit_and_predict() -> TestResult {
+    use linfa::prelude::*;
+    let (x, y) = planted(800, 4, 9);
+    let dataset = Dataset::new(x.clone(), Array1::from(y.clone()));
+    let model: RandomForest = ForestParams::new().n_trees(5).fit(&dataset)?;
+    let probabilities: Array1<f64> = model.predict(&x);
+    let labels: Array1<usize> = model.predict(&x);
+    assert_eq!(probabilities, model.predict_proba(x.view())?);
+    assert_eq!(labels, probabilities.mapv(|p| usize::from(p > 0.5)));
+    let tree: DecisionTree = DecisionTreeParams::new().fit(&dataset)?;
+    let tree_labels: Array1<usize> = tree.predict(&x);
+    assert_eq!(tree_labels.to_vec(), y);
+    // Hyperparameter errors come back through linfa's Fit as our own error.
+    let refused: Result<RandomForest, ForestError> = ForestParams::new().n_trees(0).fit(&dataset);
+    assert!(matches!(refused, Err(ForestError::ZeroTrees)));
+    Ok(())
+}
+
+#[test]
+fn sample_weights_act_like_repeated_rows() -> TestResult {
+    // Weight 3 on a row is the same leaf mass as three copies of it.
+    let x = array![[1.0], [1.0], [1.0]];
+    let params = DecisionTreeParams::new().check()?;
+    let weighted = DecisionTree::fit(&params, x.view(), &[0, 1, 1], Some(&[3.0, 1.0, 0.0]))?;
+    assert_eq!(weighted.predict_proba(x.view())?[0], 0.25);
+    // A zero-weight row is left out of the tree entirely.
+    assert_eq!(weighted.tree.nodes[0].n_rows, 2);
+    Ok(())
+}
+
+#[test]
+fn saved_model_round_trips_through_json() -> TestResult {
+    let (x, y) = planted(500, 3, 10);
+    let model = forest(ForestParams::new().n_trees(4), &x, &y)?;
+    let json = serde_json::to_string(&model)?;
+    for field in [
+        "\"n_features\"",
+        "\"trees\"",
+        "\"split_feature\"",
+        "\"threshold\"",
+        "\"class_fractions\"",
+    ] {
+        assert!(json.contains(field), "{field} is part of the model format");
+    }
+    let loaded: RandomForest = serde_json::from_str(&json)?;
+    assert_eq!(
+        loaded.predict_proba(x.view())?,
+        model.predict_proba(x.view())?
+    );
+    Ok(())
+}
+
+#[test]
+fn missing_values_have_their_own_bin_and_go_right() -> TestResult {
+    // y = 1 exactly when x0 is missing: only the missing bin separates the classes.
+    let x = array![
+        [0.1, 5.0],
+        [f64::NAN, 5.0],
+        [0.7, 5.0],
+        [f64::NAN, 5.0],
+        [0.3, 5.0],
+        [0.9, 5.0]
+    ];
+    let y = [0, 1, 0, 1, 0, 0];
+    let model = single_tree(DecisionTreeParams::new(), &x, &y)?;
+    assert_eq!(model.predict_labels(x.view())?.to_vec(), y);
+    let root = &model.tree.nodes[0];
+    assert_eq!(root.split_feature, Some(0));
+    assert_eq!(
+        root.threshold,
+        f64::MAX,
+        "every real value goes left, NaN right"
+    );
+    let unseen = array![[1e300, 0.0], [f64::NAN, 0.0], [-1e300, 0.0]];
+    assert_eq!(model.predict_labels(unseen.view())?.to_vec(), vec![0, 1, 0]);
+    // A column that is entirely missing is constant and never split on.
+    let all_missing = array![
+        [f64::NAN, 0.0],
+        [f64::NAN, 1.0],
+        [f64::NAN, 2.0],
+        [f64::NAN, 3.0]
+    ];
+    let model = single_tree(DecisionTreeParams::new(), &all_missing, &[0, 0, 1, 1])?;
+    assert_eq!(features_used(&model.tree), [1].into());
+    Ok(())
+}
+
+#[test]
+fn hyperparameter_rules_each_have_their_own_error() {
+    let forest_error = |p: ForestParams| p.check().err();
+    assert!(matches!(
+        forest_error(ForestParams::new().min_samples_leaf(0)),
+        Some(ForestError::ZeroMinSamplesLeaf)
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().n_trees(0)),
+        Some(ForestError::ZeroTrees)
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().max_depth(Some(0))),
+        Some(ForestError::ZeroMaxDepth)
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().min_samples_split(1)),
+        Some(ForestError::MinSamplesSplitBelowTwo(1))
+    ));
+    for fraction in [0.0, -0.5, 1.5, f64::NAN] {
+        let error = forest_error(ForestParams::new().max_features(MaxFeatures::Fraction(fraction)));
+        assert!(
+            matches!(error, Some(ForestError::MaxFeaturesFractionOutOfRange(_))),
+            "{fraction}"
+        );
+    }
+    assert!(forest_error(ForestParams::new().max_features(MaxFeatures::Fraction(1.0))).is_none());
+    assert!(matches!(
+        forest_error(ForestParams::new().max_samples(Some(0.0))),
+        Some(ForestError::MaxSamplesOutOfRange(_))
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().bootstrap(false).max_samples(Some(0.5))),
+        Some(ForestError::MaxSamplesWithoutBootstrap)
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().bootstrap(false).oob_score(true)),
+        Some(ForestError::OobScoreWithoutBootstrap)
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().max_bins(257)),
+        Some(ForestError::MaxBinsOutOfRange(257))
+    ));
+    assert!(matches!(
+        forest_error(ForestParams::new().max_bins(1)),
+        Some(ForestError::MaxBinsOutOfRange(1))
+    ));
+    assert!(matches!(
+        DecisionTreeParams::new().min_samples_leaf(0).check(),
+        Err(ForestError::ZeroMinSamplesLeaf)
+    ));
+}
+
+#[test]
+fn bad_training_data_is_refused_with_a_clear_error() -> TestResult {
+    let params = ForestParams::new().n_trees(2).check()?;
+    let fit = |x: &Array2<f64>, y: &[usize], w: Option<&[f64]>| {
+        RandomForest::fit(&params, x.view(), y, w).err()
+    };
+    let x = array![[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]];
+    assert!(matches!(
+        fit(&Array2::zeros((0, 2)), &[], None),
+        Some(ForestError::NoRows)
+    ));
+    assert!(matches!(
+        fit(&Array2::zeros((3, 0)), &[0, 1, 0], None),
+        Some(ForestError::NoFeatures)
+    ));
+    assert!(matches!(
+        fit(&x, &[0, 1], None),
+        Some(ForestError::LabelCountMismatch { rows: 3, labels: 2 })
+    ));
+    assert!(matches!(
+        fit(&x, &[1, 1, 1], None),
+        Some(ForestError::SingleClass(1))
+    ));
+    assert!(matches!(
+        fit(&x, &[0, 2, 1], None),
+        Some(ForestError::LabelNotBinary { row: 1, label: 2 })
+    ));
+    let mut infinite = x.clone();
+    infinite[(2, 1)] = f64::NEG_INFINITY;
+    assert!(matches!(
+        fit(&infinite, &[0, 1, 0], None),
+        Some(ForestError::InfiniteFeature { row: 2, feature: 1 })
+    ));
+    assert!(matches!(
+        fit(&x, &[0, 1, 0], Some(&[1.0])),
+        Some(ForestError::SampleWeightCountMismatch { .. })
+    ));
+    assert!(matches!(
+        fit(&x, &[0, 1, 0], Some(&[1.0, -1.0, 1.0])),
+        Some(ForestError::InvalidSampleWeight { row: 1, .. })
+    ));
+    assert!(matches!(
+        fit(&x, &[0, 1, 0], Some(&[1.0, f64::NAN, 1.0])),
+        Some(ForestError::InvalidSampleWeight { row: 1, .. })
+    ));
+    assert!(matches!(
+        fit(&x, &[0, 1, 0], Some(&[0.0; 3])),
+        Some(ForestError::ZeroTotalSampleWeight)
+    ));
+    let model = RandomForest::fit(&params, x.view(), &[0, 1, 0], None)?;
+    assert!(matches!(
+        model.predict_proba(Array2::zeros((1, 3)).view()),
+        Err(ForestError::FeatureCountMismatch {
+            expected: 2,
+            found: 3
+        })
+    ));
+    Ok(())
+}

@@ -1,0 +1,635 @@
+//! One histogram CART tree: growth on binned features, and the stored tree that predicts on raw
+//! features.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::binning::BinnedFeatures;
+
+/// One node of a fitted tree. Field names are part of the saved-model format: do not rename.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Feature tested at this node; `None` for a leaf.
+    pub split_feature: Option<u32>,
+    /// Rows with `x[split_feature] <= threshold` go to `left_child`, all others (NaN included)
+    /// to `right_child`. Meaningless for a leaf (0.0).
+    pub threshold: f64,
+    /// Index of the left child in [`Tree::nodes`]; 0 for a leaf (the root is never a child).
+    pub left_child: u32,
+    /// Index of the right child in [`Tree::nodes`]; 0 for a leaf.
+    pub right_child: u32,
+    /// Weighted class fractions of the training rows that reached this node (sums to 1); for a
+    /// leaf this is the tree's predicted class distribution, as scikit-learn's `predict_proba`.
+    pub class_fractions: Vec<f64>,
+    /// Distinct training rows (bootstrap draws collapsed into weights) that reached this node.
+    pub n_rows: u32,
+    /// Sum of the sample weights (bootstrap count × sample weight × class weight) at this node.
+    pub weighted_n_rows: f64,
+    /// Weighted Gini impurity at this node.
+    pub impurity: f64,
+}
+
+/// A fitted tree: nodes in creation order, root first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Index of the leaf that `row` (raw feature values) falls into.
+    pub(super) fn leaf_index(&self, row: impl Fn(usize) -> f64) -> usize {
+        let mut index = 0;
+        loop {
+            let node = &self.nodes[index];
+            match node.split_feature {
+                None => return index,
+                Some(feature) => {
+                    index = if row(feature as usize) <= node.threshold {
+                        node.left_child as usize
+                    } else {
+                        node.right_child as usize
+                    };
+                }
+            }
+        }
+    }
+
+    /// Indices of the nodes on `row`'s path, root first, leaf last.
+    pub(super) fn path(&self, row: impl Fn(usize) -> f64) -> Vec<usize> {
+        let mut path = vec![0];
+        let mut index = 0;
+        while let Some(feature) = self.nodes[index].split_feature {
+            let node = &self.nodes[index];
+            index = if row(feature as usize) <= node.threshold {
+                node.left_child as usize
+            } else {
+                node.right_child as usize
+            };
+            path.push(index);
+        }
+        path
+    }
+
+    /// Unnormalised impurity decrease per feature (scikit-learn's
+    /// `compute_feature_importances` before the final normalisation).
+    pub(super) fn impurity_decrease_per_feature(&self, n_features: usize) -> Vec<f64> {
+        let mut decrease = vec![0.0; n_features];
+        for node in &self.nodes {
+            if let Some(feature) = node.split_feature {
+                let left = &self.nodes[node.left_child as usize];
+                let right = &self.nodes[node.right_child as usize];
+                decrease[feature as usize] += node.weighted_n_rows * node.impurity
+                    - left.weighted_n_rows * left.impurity
+                    - right.weighted_n_rows * right.impurity;
+            }
+        }
+        let root_weight = self.nodes[0].weighted_n_rows;
+        if root_weight > 0.0 {
+            decrease.iter_mut().for_each(|d| *d /= root_weight);
+        }
+        decrease
+    }
+}
+
+/// How many features each split examines, already resolved against the column count.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GrowSettings {
+    pub(super) max_depth: Option<usize>,
+    pub(super) min_samples_split: usize,
+    pub(super) min_samples_leaf: usize,
+    /// Non-constant features to examine per split (1..=n_features).
+    pub(super) features_per_split: usize,
+    pub(super) n_classes: usize,
+}
+
+/// Class weights and counts of one bin, or of a node side: `n_classes` weights then the row count
+/// (a count stored as f64 is exact far beyond any row count we can hold).
+struct Histogram {
+    /// `stride = n_classes + 1` values per bin.
+    cells: Vec<f64>,
+    /// Bit `b` set when bin `b` holds at least one row: lets a scan or a reset visit only the
+    /// occupied bins, which keeps deep nodes (few rows, 256 bins) cheap.
+    occupied: [u64; 4],
+}
+
+impl Histogram {
+    fn new(stride: usize) -> Self {
+        Histogram {
+            cells: vec![0.0; 256 * stride],
+            occupied: [0; 4],
+        }
+    }
+
+    fn occupied_bins(&self) -> impl Iterator<Item = usize> + '_ {
+        self.occupied
+            .iter()
+            .enumerate()
+            .flat_map(|(word_index, &word)| {
+                let mut remaining = word;
+                std::iter::from_fn(move || {
+                    if remaining == 0 {
+                        return None;
+                    }
+                    let bit = remaining.trailing_zeros() as usize;
+                    remaining &= remaining - 1;
+                    Some(word_index * 64 + bit)
+                })
+            })
+    }
+
+    fn clear(&mut self, stride: usize) {
+        for word_index in 0..4 {
+            let mut remaining = self.occupied[word_index];
+            while remaining != 0 {
+                let bin = word_index * 64 + remaining.trailing_zeros() as usize;
+                remaining &= remaining - 1;
+                self.cells[bin * stride..(bin + 1) * stride].fill(0.0);
+            }
+        }
+        self.occupied = [0; 4];
+    }
+}
+
+/// Per-tree training view: which rows are in the tree's sample and with what weight.
+pub(super) struct TreeSample<'a> {
+    pub(super) binned: &'a BinnedFeatures,
+    pub(super) labels: &'a [usize],
+    /// Weight of every training row in this tree; rows with weight 0 are left out entirely (as
+    /// scikit-learn does), so they do not count towards `min_samples_leaf`.
+    pub(super) weights: Vec<f64>,
+}
+
+/// One in-sample row as the grower sees it, packed so a histogram pass touches the feature
+/// column and nothing else at random.
+#[derive(Debug, Clone, Copy)]
+struct RowEntry {
+    row: u32,
+    label: u32,
+    weight: f64,
+}
+
+/// A node waiting to be grown: its rows are `rows[start..end]`.
+struct PendingNode {
+    node_index: usize,
+    start: usize,
+    end: usize,
+    depth: usize,
+    /// Weight per class of the node's rows (kept from the parent's pass over them).
+    class_totals: Vec<f64>,
+    /// Histograms of all features, present only when histogram subtraction is in use.
+    histograms: Option<Vec<Histogram>>,
+}
+
+struct BestSplit {
+    /// Sum over sides of Σ_c w_c² / W_side; maximising it minimises the weighted child Gini.
+    score: f64,
+    feature: usize,
+    bin: usize,
+}
+
+impl BestSplit {
+    /// Strictly better score wins; equal scores go to the lowest feature, then the lowest bin, so
+    /// the tree does not depend on the order in which features were drawn.
+    fn is_beaten_by(&self, score: f64, feature: usize, bin: usize) -> bool {
+        score > self.score || (score == self.score && (feature, bin) < (self.feature, self.bin))
+    }
+}
+
+struct Grower<'a> {
+    sample: &'a TreeSample<'a>,
+    settings: GrowSettings,
+    stride: usize,
+    n_features: usize,
+    /// Subtraction pays only when every split looks at every feature: a sampled child would
+    /// need histograms of features its parent never built.
+    use_subtraction: bool,
+    histogram_pool: Vec<Vec<Histogram>>,
+    /// Histograms for the features drawn at one split (sampling mode).
+    scratch_histograms: Vec<Histogram>,
+    /// `0..n_features`, the feature list of subtraction mode.
+    all_features: Vec<usize>,
+    rows: Vec<RowEntry>,
+    partition_scratch: Vec<RowEntry>,
+    feature_order: Vec<usize>,
+    nodes: Vec<Node>,
+}
+
+/// Grows one tree on the rows with a positive weight in `sample`.
+pub(super) fn grow_tree(
+    sample: &TreeSample<'_>,
+    settings: GrowSettings,
+    rng: &mut ChaCha8Rng,
+) -> Tree {
+    let n_features = sample.binned.upper_edges.len();
+    let stride = settings.n_classes + 1;
+    let rows: Vec<RowEntry> = (0..sample.weights.len())
+        .filter(|&row| sample.weights[row] > 0.0)
+        .map(|row| RowEntry {
+            row: row as u32,
+            label: sample.labels[row] as u32,
+            weight: sample.weights[row],
+        })
+        .collect();
+    let mut grower = Grower {
+        sample,
+        settings,
+        stride,
+        n_features,
+        use_subtraction: settings.features_per_split == n_features,
+        histogram_pool: Vec::new(),
+        scratch_histograms: (0..n_features).map(|_| Histogram::new(stride)).collect(),
+        all_features: (0..n_features).collect(),
+        partition_scratch: Vec::with_capacity(rows.len()),
+        rows,
+        feature_order: (0..n_features).collect(),
+        nodes: Vec::new(),
+    };
+    grower.grow(rng);
+    Tree {
+        nodes: grower.nodes,
+    }
+}
+
+impl Grower<'_> {
+    fn grow(&mut self, rng: &mut ChaCha8Rng) {
+        let root_rows = self.rows.len();
+        let root_histograms = self
+            .use_subtraction
+            .then(|| self.build_all_histograms(0, root_rows));
+        let (root, class_totals) = self.make_node(0, root_rows);
+        self.nodes.push(root);
+        let mut stack = vec![PendingNode {
+            node_index: 0,
+            start: 0,
+            end: root_rows,
+            depth: 0,
+            class_totals,
+            histograms: root_histograms,
+        }];
+        while let Some(pending) = stack.pop() {
+            let children = self.split_node(pending, rng);
+            // Right pushed first so the left child is grown first: depth-first, left to right.
+            if let Some((left, right)) = children {
+                stack.push(right);
+                stack.push(left);
+            }
+        }
+    }
+
+    fn class_weights(&self, start: usize, end: usize) -> (Vec<f64>, f64) {
+        let mut per_class = vec![0.0; self.settings.n_classes];
+        for entry in &self.rows[start..end] {
+            per_class[entry.label as usize] += entry.weight;
+        }
+        let total = per_class.iter().sum();
+        (per_class, total)
+    }
+
+    /// A leaf for `rows[start..end]` (split later if it qualifies) and its per-class weights.
+    fn make_node(&self, start: usize, end: usize) -> (Node, Vec<f64>) {
+        let (per_class, total) = self.class_weights(start, end);
+        let class_fractions: Vec<f64> = per_class
+            .iter()
+            .map(|w| if total > 0.0 { w / total } else { 0.0 })
+            .collect();
+        let impurity = 1.0 - class_fractions.iter().map(|p| p * p).sum::<f64>();
+        let node = Node {
+            split_feature: None,
+            threshold: 0.0,
+            left_child: 0,
+            right_child: 0,
+            class_fractions,
+            n_rows: (end - start) as u32,
+            weighted_n_rows: total,
+            impurity,
+        };
+        (node, per_class)
+    }
+
+    fn take_histograms(&mut self) -> Vec<Histogram> {
+        self.histogram_pool.pop().unwrap_or_else(|| {
+            (0..self.n_features)
+                .map(|_| Histogram::new(self.stride))
+                .collect()
+        })
+    }
+
+    fn recycle_histograms(&mut self, mut histograms: Vec<Histogram>) {
+        for histogram in &mut histograms {
+            histogram.clear(self.stride);
+        }
+        self.histogram_pool.push(histograms);
+    }
+
+    /// One pass over `rows` adds every row to the histogram of each feature in `features`
+    /// (`histograms[i]` belongs to `features[i]`).
+    fn fill_histograms(
+        histograms: &mut [Histogram],
+        features: &[usize],
+        binned: &BinnedFeatures,
+        rows: &[RowEntry],
+        stride: usize,
+    ) {
+        for entry in rows {
+            let codes = binned.row(entry.row as usize);
+            for (histogram, &feature) in histograms.iter_mut().zip(features) {
+                let bin = usize::from(codes[feature]);
+                let cell = bin * stride;
+                histogram.cells[cell + entry.label as usize] += entry.weight;
+                histogram.cells[cell + stride - 1] += 1.0;
+                histogram.occupied[bin >> 6] |= 1 << (bin & 63);
+            }
+        }
+    }
+
+    fn build_all_histograms(&mut self, start: usize, end: usize) -> Vec<Histogram> {
+        let mut histograms = self.take_histograms();
+        Self::fill_histograms(
+            &mut histograms,
+            &self.all_features,
+            self.sample.binned,
+            &self.rows[start..end],
+            self.stride,
+        );
+        histograms
+    }
+
+    /// `parent - child`, bin by bin, into a fresh set. Occupancy follows the exact row counts, so
+    /// rounding residue in the weights can never resurrect an empty bin.
+    fn subtract_histograms(&mut self, parent: &[Histogram], child: &[Histogram]) -> Vec<Histogram> {
+        let stride = self.stride;
+        let mut sibling = self.take_histograms();
+        for ((out, parent), child) in sibling.iter_mut().zip(parent).zip(child) {
+            for bin in parent.occupied_bins() {
+                let cells = bin * stride..(bin + 1) * stride;
+                let count = parent.cells[cells.end - 1] - child.cells[cells.end - 1];
+                if count > 0.0 {
+                    for cell in cells {
+                        out.cells[cell] = parent.cells[cell] - child.cells[cell];
+                    }
+                    out.occupied[bin >> 6] |= 1 << (bin & 63);
+                }
+            }
+        }
+        sibling
+    }
+
+    /// Best split of one feature's histogram, folded into `best`. Returns false when the feature
+    /// is constant in the node (one occupied bin), so the caller can draw another feature.
+    fn scan_histogram(
+        histogram: &Histogram,
+        feature: usize,
+        totals: &[f64],
+        n_rows: usize,
+        settings: &GrowSettings,
+        stride: usize,
+        best: &mut Option<BestSplit>,
+    ) -> bool {
+        let n_classes = settings.n_classes;
+        let mut left = vec![0.0; n_classes];
+        let mut left_rows = 0usize;
+        let mut bins = histogram.occupied_bins().peekable();
+        let mut is_constant = true;
+        let total_weight: f64 = totals.iter().sum();
+        while let Some(bin) = bins.next() {
+            if bins.peek().is_none() {
+                break; // nothing to the right of the last occupied bin
+            }
+            is_constant = false;
+            let cells = &histogram.cells[bin * stride..(bin + 1) * stride];
+            for class in 0..n_classes {
+                left[class] += cells[class];
+            }
+            left_rows += cells[stride - 1] as usize;
+            let right_rows = n_rows - left_rows;
+            if left_rows < settings.min_samples_leaf || right_rows < settings.min_samples_leaf {
+                continue;
+            }
+            let left_weight: f64 = left.iter().sum();
+            let right_weight: f64 = total_weight - left_weight;
+            let mut score = 0.0;
+            if left_weight > 0.0 {
+                score += left.iter().map(|w| w * w).sum::<f64>() / left_weight;
+            }
+            if right_weight > 0.0 {
+                let right_sq: f64 = totals
+                    .iter()
+                    .zip(&left)
+                    .map(|(t, l)| (t - l) * (t - l))
+                    .sum();
+                score += right_sq / right_weight;
+            }
+            let better = match best {
+                None => true,
+                Some(current) => current.is_beaten_by(score, feature, bin),
+            };
+            if better {
+                *best = Some(BestSplit {
+                    score,
+                    feature,
+                    bin,
+                });
+            }
+        }
+        !is_constant
+    }
+
+    /// Whether a node may be split at all: sklearn's leaf rules (pure, too few rows for a split
+    /// or for two leaves, depth limit).
+    fn could_split(&self, node_index: usize, n_rows: usize, depth: usize) -> bool {
+        let settings = &self.settings;
+        let is_pure = self.nodes[node_index]
+            .class_fractions
+            .iter()
+            .filter(|&&p| p > 0.0)
+            .count()
+            <= 1;
+        !(is_pure
+            || n_rows < settings.min_samples_split
+            || n_rows < 2 * settings.min_samples_leaf
+            || settings
+                .max_depth
+                .is_some_and(|max_depth| depth >= max_depth))
+    }
+
+    /// Finds and applies the best split of `pending`, or leaves it a leaf.
+    fn split_node(
+        &mut self,
+        pending: PendingNode,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<(PendingNode, PendingNode)> {
+        let PendingNode {
+            node_index,
+            start,
+            end,
+            depth,
+            class_totals: totals,
+            histograms,
+        } = pending;
+        let n_rows = end - start;
+        let settings = self.settings;
+        if !self.could_split(node_index, n_rows, depth) {
+            if let Some(histograms) = histograms {
+                self.recycle_histograms(histograms);
+            }
+            return None;
+        }
+
+        let mut best: Option<BestSplit> = None;
+        if let Some(histograms) = &histograms {
+            for (feature, histogram) in histograms.iter().enumerate() {
+                Self::scan_histogram(
+                    histogram,
+                    feature,
+                    &totals,
+                    n_rows,
+                    &settings,
+                    self.stride,
+                    &mut best,
+                );
+            }
+        } else {
+            // Draw features without replacement until `features_per_split` non-constant ones
+            // have been examined (constant ones do not count, as in scikit-learn), or all are
+            // exhausted: partial Fisher-Yates on a per-tree permutation buffer. Drawing the
+            // still-missing count as one batch and building the batch in one pass over the rows
+            // examines exactly the features a one-at-a-time draw would.
+            let mut examined_non_constant = 0;
+            let mut drawn = 0;
+            while drawn < self.n_features && examined_non_constant < settings.features_per_split {
+                let batch_start = drawn;
+                let batch_end = (drawn + settings.features_per_split - examined_non_constant)
+                    .min(self.n_features);
+                for slot in batch_start..batch_end {
+                    let pick = rng.random_range(slot..self.n_features);
+                    self.feature_order.swap(slot, pick);
+                }
+                drawn = batch_end;
+                let batch = &self.feature_order[batch_start..batch_end];
+                let histograms = &mut self.scratch_histograms[..batch.len()];
+                Self::fill_histograms(
+                    histograms,
+                    batch,
+                    self.sample.binned,
+                    &self.rows[start..end],
+                    self.stride,
+                );
+                for (histogram, &feature) in histograms.iter_mut().zip(batch) {
+                    if Self::scan_histogram(
+                        histogram,
+                        feature,
+                        &totals,
+                        n_rows,
+                        &settings,
+                        self.stride,
+                        &mut best,
+                    ) {
+                        examined_non_constant += 1;
+                    }
+                    histogram.clear(self.stride);
+                }
+            }
+        }
+
+        let Some(best) = best else {
+            if let Some(histograms) = histograms {
+                self.recycle_histograms(histograms);
+            }
+            return None;
+        };
+
+        // Stable partition: left rows keep their order, then right rows keep theirs.
+        self.partition_scratch.clear();
+        let mut write = start;
+        for read in start..end {
+            let row = self.rows[read];
+            if usize::from(self.sample.binned.row(row.row as usize)[best.feature]) <= best.bin {
+                self.rows[write] = row;
+                write += 1;
+            } else {
+                self.partition_scratch.push(row);
+            }
+        }
+        self.rows[write..end].copy_from_slice(&self.partition_scratch);
+        let middle = write;
+
+        let left_index = self.nodes.len();
+        let (left_node, left_totals) = self.make_node(start, middle);
+        let (right_node, right_totals) = self.make_node(middle, end);
+        self.nodes.push(left_node);
+        self.nodes.push(right_node);
+        let threshold = self.sample.binned.threshold(best.feature, best.bin as u8);
+        let node = &mut self.nodes[node_index];
+        node.split_feature = Some(best.feature as u32);
+        node.threshold = threshold;
+        node.left_child = left_index as u32;
+        node.right_child = (left_index + 1) as u32;
+
+        let (left_histograms, right_histograms) = match histograms {
+            None => (None, None),
+            Some(parent) => {
+                // Build the smaller child from its rows and derive the larger one from the
+                // parent; a child that will be a leaf anyway needs no histograms, and when only
+                // the smaller child can split, building it directly is the cheapest.
+                let left_is_smaller = middle - start <= end - middle;
+                let (small_range, large_range) = if left_is_smaller {
+                    ((start, middle), (middle, end))
+                } else {
+                    ((middle, end), (start, middle))
+                };
+                let small_index = if left_is_smaller {
+                    left_index
+                } else {
+                    left_index + 1
+                };
+                let large_index = if left_is_smaller {
+                    left_index + 1
+                } else {
+                    left_index
+                };
+                let small_splits =
+                    self.could_split(small_index, small_range.1 - small_range.0, depth + 1);
+                let large_splits =
+                    self.could_split(large_index, large_range.1 - large_range.0, depth + 1);
+                let small = (small_splits || large_splits)
+                    .then(|| self.build_all_histograms(small_range.0, small_range.1));
+                let large = match (&small, large_splits) {
+                    (Some(small), true) => Some(self.subtract_histograms(&parent, small)),
+                    _ => None,
+                };
+                self.recycle_histograms(parent);
+                let small = match small {
+                    Some(histograms) if !small_splits => {
+                        self.recycle_histograms(histograms);
+                        None
+                    }
+                    other => other,
+                };
+                if left_is_smaller {
+                    (small, large)
+                } else {
+                    (large, small)
+                }
+            }
+        };
+        Some((
+            PendingNode {
+                node_index: left_index,
+                start,
+                end: middle,
+                depth: depth + 1,
+                class_totals: left_totals,
+                histograms: left_histograms,
+            },
+            PendingNode {
+                node_index: left_index + 1,
+                start: middle,
+                end,
+                depth: depth + 1,
+                class_totals: right_totals,
+                histograms: right_histograms,
+            },
+        ))
+    }
+}

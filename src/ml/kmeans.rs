@@ -1,0 +1,2312 @@
+//! k-means clustering for customer segmentation: greedy k-means++ initialisation, Lloyd
+//! iterations with scikit-learn's semantics, silhouette scores and a rule to choose k.
+//!
+//! The module is self-contained (it uses no other module of the crate) so that one file can
+//! be developed and benchmarked on its own.
+//!
+//! # Semantics, and where they come from
+//! The behaviour follows scikit-learn's `KMeans(algorithm="lloyd")` so that results can be
+//! cross-checked against it:
+//! - **Initialisation** is scikit-learn's greedy k-means++ (`_kmeans_plusplus`): the first
+//!   centre is a uniformly drawn row; every further centre is chosen among
+//!   `2 + floor(ln k)` candidate rows drawn with probability proportional to their squared
+//!   distance to the closest centre so far, keeping the candidate that leaves the smallest
+//!   total potential (sum of squared distances to the closest centre).
+//! - **The data are centred** (the column means subtracted) before anything else, as
+//!   scikit-learn does; it makes the `‖c‖² − 2x·c` distance form used for assignment much
+//!   more accurate. Returned centroids are in the original coordinates.
+//! - **`tol` is relative**: a run stops once the sum over centres of their squared shift in
+//!   one iteration is `<= tol × mean of the per-feature (population) variances of X`, or as
+//!   soon as an iteration leaves every label unchanged ("strict convergence").
+//! - **Empty clusters** are relocated as scikit-learn does: the rows farthest from the centre
+//!   they were assigned to (squared Euclidean distance, ties broken by lower row index)
+//!   become the new centres of the empty clusters, in increasing cluster order, and are
+//!   taken out of their former clusters. Should a former cluster be left with no row, it
+//!   keeps its previous centre (scikit-learn would leave an undefined value there).
+//! - After the last iteration the labels are recomputed against the final centres (unless
+//!   the run converged strictly, when they already match) and `inertia` is the **sum** of
+//!   squared distances of rows to their centres, computed from exact differences.
+//!   (linfa's `KMeans::inertia()` is the mean, i.e. this value divided by the row count.)
+//! - With `n_init` restarts the fit with the lowest inertia is kept; on a tie, the earliest.
+//!
+//! # Determinism
+//! The same seed gives bit-identical labels, centroids and inertia whatever the number of
+//! rayon threads, and whatever SIMD width the CPU offers: every floating-point sum over rows
+//! is computed per block of [`ROWS_PER_BLOCK`] rows (a constant) and the block partials are
+//! added sequentially in block order; no result depends on how rayon splits the work.
+//! Restart `r` draws from `ChaCha8Rng::seed_from_u64(seed)` set to stream `r`, so restarts
+//! are independent of each other and of the order they run in.
+
+use std::borrow::Cow;
+
+use ndarray::{Array2, ArrayView2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Rows per unit of parallel work. Every floating-point reduction over rows is done per block
+/// of this many rows, then the block results are added in block order, which is what makes the
+/// results independent of the thread count. Do not derive it from the number of threads.
+pub const ROWS_PER_BLOCK: usize = 4096;
+
+/// The prepared data are stored in groups of this many rows, feature-major inside a group
+/// (see [`Prepared`]), so that every per-row computation runs on this many rows at once in
+/// fixed-width lanes the compiler vectorises, with no horizontal reductions.
+const LANES: usize = 8;
+
+/// Rows per unit of parallel work in the O(n²) silhouette computation: one block of rows is
+/// compared against all rows, so a block must be small enough for its per-cluster sums to stay
+/// in cache and numerous enough to keep every thread busy.
+const SILHOUETTE_ROWS_PER_BLOCK: usize = 64;
+
+/// Default `sample_size` for [`silhouette_score`]: exact silhouette up to this many rows,
+/// a seeded sample of this many rows above it (about 10⁸ distance evaluations).
+pub const DEFAULT_SILHOUETTE_SAMPLE_SIZE: usize = 10_000;
+
+/// How much lower (in absolute silhouette units, on the −1..1 scale) the silhouette of the
+/// elbow's k may be than the best silhouette before [`KSearchParams`] prefers the silhouette's
+/// choice. 0.1 is about the gap between "reasonable" and "weak" structure in the usual reading
+/// of silhouette values, so a knee within it is kept: the elbow is the primary rule.
+pub const SILHOUETTE_OVERRIDE_MARGIN: f64 = 0.1;
+
+/// Everything that can be wrong with k-means parameters or input. One variant per rule; the
+/// messages are shown to users, so each says what is wrong and what would be valid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KMeansError {
+    #[error("k (the number of segments) must be at least 1, got 0")]
+    ZeroClusters,
+    #[error("k (the number of segments) must be at most {max}, got {k}")]
+    TooManyClusters { k: usize, max: usize },
+    #[error("n_init (the number of k-means++ restarts) must be at least 1, got 0")]
+    ZeroRestarts,
+    #[error("max_iter (the iteration limit per restart) must be at least 1, got 0")]
+    ZeroMaxIter,
+    #[error(
+        "tol must be a finite number >= 0 (it is relative to the mean per-feature variance; \
+         1e-4 is usual, 0 runs until no label changes), got {tol}"
+    )]
+    InvalidTolerance { tol: f64 },
+    #[error("the input has no rows; k-means needs at least k rows")]
+    EmptyInput,
+    #[error("the input has {rows} rows but no feature columns; k-means needs at least one column")]
+    NoFeatures { rows: usize },
+    #[error("k = {k} is larger than the number of rows ({rows}); choose k between 1 and {rows}")]
+    MoreClustersThanRows { k: usize, rows: usize },
+    #[error(
+        "the input has a non-finite value ({value}) at row {row}, column {column} (both counted \
+         from 0); every value must be a finite number: impute or drop missing values first"
+    )]
+    NonFiniteValue {
+        row: usize,
+        column: usize,
+        value: f64,
+    },
+    #[error("no initial centroids were given; give k >= 1 rows, one per cluster")]
+    NoInitialCentroids,
+    #[error(
+        "the initial centroids have {got} columns but the input has {expected}; \
+         each centroid needs one value per input column"
+    )]
+    CentroidWidthMismatch { expected: usize, got: usize },
+    #[error(
+        "initial centroid {centroid}, column {column} (both counted from 0) is not finite \
+         ({value}); every centroid value must be a finite number"
+    )]
+    NonFiniteCentroid {
+        centroid: usize,
+        column: usize,
+        value: f64,
+    },
+    #[error(
+        "the rows to assign have {got} columns but the model was fitted on {expected}; \
+         pass the same feature columns, in the same order, as for fitting"
+    )]
+    AssignWidthMismatch { expected: usize, got: usize },
+    #[error("there are {labels} labels for {rows} rows; give exactly one label per row")]
+    LabelCountMismatch { rows: usize, labels: usize },
+    #[error(
+        "silhouette needs between 2 and (rows - 1) distinct clusters among the rows it scores; \
+         found {clusters} clusters in {rows} rows"
+    )]
+    SilhouetteClusterCount { clusters: usize, rows: usize },
+    #[error("the silhouette sample size must be at least 2 rows, got {sample_size}")]
+    SilhouetteSampleTooSmall { sample_size: usize },
+    #[error("k_min must be at least 1, got 0")]
+    ZeroMinClusters,
+    #[error(
+        "the k range is empty: k_min = {k_min} is larger than k_max = {k_max}; need k_min <= k_max"
+    )]
+    EmptyKRange { k_min: usize, k_max: usize },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+/// k-means parameters as a user gives them. Call [`KMeansParams::check`] once to get
+/// [`CheckedKMeansParams`], which is what fits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KMeansParams {
+    /// Number of clusters (segments), >= 1 and at most the number of rows.
+    pub k: usize,
+    /// Number of k-means++ restarts; the fit with the lowest inertia is kept.
+    pub n_init: usize,
+    /// Iteration limit of each restart.
+    pub max_iter: usize,
+    /// Relative tolerance on the centre shift (see the module documentation), >= 0.
+    pub tol: f64,
+    /// Seed of every random choice; the same seed gives the same result.
+    pub seed: u64,
+}
+
+impl KMeansParams {
+    /// `k` clusters with scikit-learn's classic defaults: 10 restarts, 300 iterations,
+    /// `tol = 1e-4`, and seed 0.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            n_init: 10,
+            max_iter: 300,
+            tol: 1e-4,
+            seed: 0,
+        }
+    }
+
+    /// Checks every rule that does not depend on the data. The data rules (k at most the
+    /// number of rows, finite values) are checked by [`CheckedKMeansParams::fit`].
+    pub fn check(&self) -> Result<CheckedKMeansParams, KMeansError> {
+        if self.k == 0 {
+            return Err(KMeansError::ZeroClusters);
+        }
+        // Labels are stored as u32 to halve the memory traffic of the hot loop.
+        let max_k = u32::MAX as usize;
+        if self.k > max_k {
+            return Err(KMeansError::TooManyClusters {
+                k: self.k,
+                max: max_k,
+            });
+        }
+        if self.n_init == 0 {
+            return Err(KMeansError::ZeroRestarts);
+        }
+        if self.max_iter == 0 {
+            return Err(KMeansError::ZeroMaxIter);
+        }
+        check_tol(self.tol)?;
+        Ok(CheckedKMeansParams { params: *self })
+    }
+}
+
+fn check_tol(tol: f64) -> Result<(), KMeansError> {
+    if tol.is_finite() && tol >= 0.0 {
+        Ok(())
+    } else {
+        Err(KMeansError::InvalidTolerance { tol })
+    }
+}
+
+/// Parameters that passed [`KMeansParams::check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckedKMeansParams {
+    params: KMeansParams,
+}
+
+impl CheckedKMeansParams {
+    pub fn params(&self) -> &KMeansParams {
+        &self.params
+    }
+
+    /// Fits k-means to the rows of `x` (one row per customer, one column per feature).
+    pub fn fit(&self, x: ArrayView2<'_, f64>) -> Result<KMeansFit, KMeansError> {
+        let data = Prepared::new(x)?;
+        let KMeansParams {
+            k,
+            n_init,
+            max_iter,
+            tol,
+            seed,
+        } = self.params;
+        if k > data.n_rows {
+            return Err(KMeansError::MoreClustersThanRows {
+                k,
+                rows: data.n_rows,
+            });
+        }
+        let absolute_tol = tol * data.mean_variance;
+        let mut best: Option<LloydRun> = None;
+        for restart in 0..n_init {
+            let run = fit_restart(&data, k, max_iter, absolute_tol, seed, restart);
+            // Strictly lower only, so that ties keep the earliest restart.
+            let is_better = best.as_ref().is_none_or(|kept| run.inertia < kept.inertia);
+            if is_better {
+                best = Some(run);
+            }
+        }
+        match best {
+            Some(run) => Ok(run.into_fit(&data)),
+            // n_init >= 1 was checked, so there is always a run; an error is still better
+            // than a panic if that ever changes.
+            None => Err(KMeansError::ZeroRestarts),
+        }
+    }
+}
+
+/// Runs one restart: k-means++ from the restart's own random stream, then Lloyd.
+fn fit_restart(
+    data: &Prepared,
+    k: usize,
+    max_iter: usize,
+    absolute_tol: f64,
+    seed: u64,
+    restart: usize,
+) -> LloydRun {
+    let mut rng = restart_rng(seed, restart);
+    let centre_rows = kmeans_plusplus_rows(data, k, &mut rng, None);
+    let init = data.gather(&centre_rows);
+    lloyd(data, init, max_iter, absolute_tol)
+}
+
+/// The random stream of restart `restart`: the seed picks the key, the restart the stream, so
+/// every restart draws the same numbers whether it runs first, last or alone.
+fn restart_rng(seed: u64, restart: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(restart as u64);
+    rng
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------------------------
+
+/// A fitted k-means model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansFit {
+    /// One row per cluster, in the input's coordinates.
+    pub centroids: Array2<f64>,
+    /// The cluster of each fitted row, in row order; nearest of `centroids`.
+    pub labels: Vec<usize>,
+    /// Sum over fitted rows of the squared Euclidean distance to their centroid.
+    pub inertia: f64,
+    /// Lloyd iterations run by the kept restart (counted as scikit-learn's `n_iter_`).
+    pub n_iter: usize,
+    /// Whether the kept restart stopped by convergence rather than by `max_iter`.
+    pub converged: bool,
+}
+
+/// Where one row falls among the fitted segments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assignment {
+    /// Index of the nearest centroid (the lowest index on a tie).
+    pub segment: usize,
+    /// Euclidean distance to that centroid.
+    pub distance: f64,
+    /// Index of the second-nearest centroid; `None` when k = 1.
+    pub second_segment: Option<usize>,
+}
+
+impl KMeansFit {
+    /// Number of clusters.
+    pub fn k(&self) -> usize {
+        self.centroids.nrows()
+    }
+
+    /// Assigns each row of `x` to its nearest centroid, with the distance to it and the
+    /// second-nearest centroid (how close a customer is to switching segment).
+    pub fn assign(&self, x: ArrayView2<'_, f64>) -> Result<Vec<Assignment>, KMeansError> {
+        let n_features = self.centroids.ncols();
+        if x.ncols() != n_features {
+            return Err(KMeansError::AssignWidthMismatch {
+                expected: n_features,
+                got: x.ncols(),
+            });
+        }
+        if self.centroids.nrows() == 0 || n_features == 0 {
+            return Err(KMeansError::NoInitialCentroids);
+        }
+        let rows = row_major(x);
+        if let Some(err) = first_non_finite(&rows, n_features) {
+            return Err(err);
+        }
+        let centroids = row_major(self.centroids.view());
+        let assignments = rows
+            .par_chunks(n_features)
+            .map(|row| assign_row(row, &centroids, n_features))
+            .collect();
+        Ok(assignments)
+    }
+}
+
+fn assign_row(row: &[f64], centroids: &[f64], n_features: usize) -> Assignment {
+    let mut best: Option<(f64, usize)> = None;
+    let mut second: Option<(f64, usize)> = None;
+    for (j, centroid) in centroids.chunks_exact(n_features).enumerate() {
+        let dist = squared_distance(row, centroid);
+        if best.is_none_or(|(best_dist, _)| dist < best_dist) {
+            second = best;
+            best = Some((dist, j));
+        } else if second.is_none_or(|(second_dist, _)| dist < second_dist) {
+            second = Some((dist, j));
+        }
+    }
+    // `assign` rejects a model without centroids, so `best` is always set here.
+    let (best_dist, segment) = best.unwrap_or((f64::INFINITY, 0));
+    Assignment {
+        segment,
+        distance: best_dist.sqrt(),
+        second_segment: second.map(|(_, j)| j),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prepared data
+// ---------------------------------------------------------------------------------------------
+
+/// The input once validated and centred, with the statistics the algorithm needs. Built once
+/// per fit and shared by every restart.
+///
+/// Layout: rows in groups of [`LANES`], each group feature-major: value (row `g·LANES + r`,
+/// feature `f`) is at `lanes[(g·d + f)·LANES + r]`; the last group is padded with zero rows,
+/// which every computation ignores. A block of [`ROWS_PER_BLOCK`] rows is therefore one
+/// contiguous chunk of `ROWS_PER_BLOCK · d` values.
+struct Prepared {
+    n_rows: usize,
+    n_features: usize,
+    /// `x − column mean`, in the layout above.
+    lanes: Vec<f64>,
+    /// Column means of the input, added back to the centroids at the end.
+    column_means: Vec<f64>,
+    /// Mean over features of the population variance; `tol` is relative to it.
+    mean_variance: f64,
+}
+
+/// One group of [`LANES`] rows: `group[f][r]` is feature `f` of row `r`.
+type LaneGroup = [[f64; LANES]];
+
+impl Prepared {
+    fn new(x: ArrayView2<'_, f64>) -> Result<Self, KMeansError> {
+        let (n_rows, n_features) = x.dim();
+        if n_rows == 0 {
+            return Err(KMeansError::EmptyInput);
+        }
+        if n_features == 0 {
+            return Err(KMeansError::NoFeatures { rows: n_rows });
+        }
+        let rows = row_major(x);
+        if let Some(err) = first_non_finite(&rows, n_features) {
+            return Err(err);
+        }
+        let d = n_features;
+        let column_sums = blocked_column_sums(&rows, d, |v| v);
+        let column_means: Vec<f64> = column_sums.iter().map(|s| s / n_rows as f64).collect();
+        let mut lanes = vec![0.0; n_rows.div_ceil(LANES) * LANES * d];
+        lanes
+            .par_chunks_mut(ROWS_PER_BLOCK * d)
+            .zip(rows.par_chunks(ROWS_PER_BLOCK * d))
+            .for_each(|(out, rows)| {
+                let (groups, _) = out.as_chunks_mut::<LANES>();
+                for (group, group_rows) in groups.chunks_exact_mut(d).zip(rows.chunks(LANES * d)) {
+                    for (r, row) in group_rows.chunks_exact(d).enumerate() {
+                        for (f, (v, mean)) in row.iter().zip(&column_means).enumerate() {
+                            group[f][r] = v - mean;
+                        }
+                    }
+                }
+            });
+        // As numpy's var: the mean of squared deviations from the column mean. Padding rows
+        // are zeros and add nothing.
+        let partials: Vec<Vec<f64>> = lanes
+            .par_chunks(ROWS_PER_BLOCK * d)
+            .map(|block| {
+                let mut sums = vec![0.0; d];
+                for group in lane_groups(block, d) {
+                    for (s, feature) in sums.iter_mut().zip(group) {
+                        for v in feature {
+                            *s += v * v;
+                        }
+                    }
+                }
+                sums
+            })
+            .collect();
+        let mut squares = vec![0.0; d];
+        for partial in &partials {
+            for (t, p) in squares.iter_mut().zip(partial) {
+                *t += p;
+            }
+        }
+        let variance_sum: f64 = squares.iter().map(|s| s / n_rows as f64).sum();
+        let mean_variance = variance_sum / d as f64;
+        Ok(Self {
+            n_rows,
+            n_features,
+            lanes,
+            column_means,
+            mean_variance,
+        })
+    }
+
+    /// Row `i` (centred), copied out of the lane layout.
+    fn row(&self, i: usize) -> Vec<f64> {
+        let d = self.n_features;
+        let (group, r) = (i / LANES, i % LANES);
+        (0..d)
+            .map(|f| self.lanes[(group * d + f) * LANES + r])
+            .collect()
+    }
+
+    /// Rows `indices` (centred), row-major.
+    fn gather(&self, indices: &[usize]) -> Vec<f64> {
+        indices.iter().flat_map(|&i| self.row(i)).collect()
+    }
+
+    /// The blocks of [`ROWS_PER_BLOCK`] rows, in order, for parallel iteration.
+    fn par_blocks(&self) -> rayon::slice::Chunks<'_, f64> {
+        self.lanes.par_chunks(ROWS_PER_BLOCK * self.n_features)
+    }
+
+    fn n_blocks(&self) -> usize {
+        self.n_rows.div_ceil(ROWS_PER_BLOCK)
+    }
+
+    /// Centred centroids back to the input's coordinates.
+    fn uncentre(&self, centred_centroids: &[f64]) -> Array2<f64> {
+        let k = centred_centroids.len() / self.n_features;
+        let mut out = Array2::zeros((k, self.n_features));
+        for (mut out_row, centroid) in out
+            .rows_mut()
+            .into_iter()
+            .zip(centred_centroids.chunks_exact(self.n_features))
+        {
+            for ((o, c), mean) in out_row.iter_mut().zip(centroid).zip(&self.column_means) {
+                *o = c + mean;
+            }
+        }
+        out
+    }
+}
+
+/// The groups of [`LANES`] rows of a block of the lane layout, in row order.
+fn lane_groups(block: &[f64], d: usize) -> std::slice::ChunksExact<'_, [f64; LANES]> {
+    block.as_chunks::<LANES>().0.chunks_exact(d)
+}
+
+/// Squared distances from each row of a group to `centre`; lane for lane the same operations,
+/// in the same order, as [`squared_distance`], so bit-identical to it.
+#[inline(always)]
+fn group_squared_distances(group: &LaneGroup, centre: &[f64]) -> [f64; LANES] {
+    let mut sums = [0.0; LANES];
+    for (feature, &c) in group.iter().zip(centre) {
+        for r in 0..LANES {
+            let diff = feature[r] - c;
+            sums[r] += diff * diff;
+        }
+    }
+    sums
+}
+
+/// The values of `x` as one row-major slice, borrowed when `x` already is one.
+fn row_major<'a>(x: ArrayView2<'a, f64>) -> Cow<'a, [f64]> {
+    match x.to_slice() {
+        Some(slice) => Cow::Borrowed(slice),
+        // `iter` walks in logical (row-major) order whatever the memory layout.
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// The first non-finite value in row-major order, as an error naming its row and column.
+fn first_non_finite(rows: &[f64], n_features: usize) -> Option<KMeansError> {
+    let position = rows.par_iter().position_first(|v| !v.is_finite())?;
+    Some(KMeansError::NonFiniteValue {
+        row: position / n_features,
+        column: position % n_features,
+        value: rows[position],
+    })
+}
+
+/// Per-column sums of `f(value)`, blocked and reduced in block order.
+fn blocked_column_sums(rows: &[f64], n_features: usize, f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
+    let partials: Vec<Vec<f64>> = rows
+        .par_chunks(ROWS_PER_BLOCK * n_features)
+        .map(|block| {
+            let mut sums = vec![0.0; n_features];
+            for row in block.chunks_exact(n_features) {
+                for (s, &v) in sums.iter_mut().zip(row) {
+                    *s += f(v);
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut totals = vec![0.0; n_features];
+    for partial in &partials {
+        for (t, p) in totals.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+    totals
+}
+
+fn gather_rows(rows: &[f64], n_features: usize, indices: &[usize]) -> Vec<f64> {
+    indices
+        .iter()
+        .flat_map(|&i| &rows[i * n_features..(i + 1) * n_features])
+        .copied()
+        .collect()
+}
+
+#[inline(always)]
+fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
+    let mut sum = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        let diff = x - y;
+        sum += diff * diff;
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
+// k-means++
+// ---------------------------------------------------------------------------------------------
+
+/// Greedy k-means++ (scikit-learn's `_kmeans_plusplus`) on the rows of `x`: returns k rows of
+/// `x` to start Lloyd from. The draws are those of the first restart of a fit with this seed,
+/// so `lloyd_from(x, kmeans_plusplus(x, k, seed)?, …)` reproduces a fit with `n_init = 1`.
+pub fn kmeans_plusplus(
+    x: ArrayView2<'_, f64>,
+    k: usize,
+    seed: u64,
+) -> Result<Array2<f64>, KMeansError> {
+    KMeansParams {
+        k,
+        n_init: 1,
+        max_iter: 1,
+        tol: 0.0,
+        seed,
+    }
+    .check()?;
+    let data = Prepared::new(x)?;
+    if k > data.n_rows {
+        return Err(KMeansError::MoreClustersThanRows {
+            k,
+            rows: data.n_rows,
+        });
+    }
+    let mut rng = restart_rng(seed, 0);
+    let centre_rows = kmeans_plusplus_rows(&data, k, &mut rng, None);
+    let rows = row_major(x);
+    let centres = gather_rows(&rows, data.n_features, &centre_rows);
+    Array2::from_shape_vec((k, data.n_features), centres)
+        .map_err(|_| KMeansError::NoInitialCentroids)
+}
+
+/// One greedy step of k-means++, recorded for tests.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(test), allow(dead_code))]
+struct PlusPlusStep {
+    candidates: Vec<usize>,
+    potentials: Vec<f64>,
+    chosen: usize,
+}
+
+/// The number of candidates k-means++ tries per centre, as scikit-learn.
+fn n_local_trials(k: usize) -> usize {
+    2 + (k as f64).ln().floor() as usize
+}
+
+/// Indices of the rows chosen as initial centres.
+fn kmeans_plusplus_rows(
+    data: &Prepared,
+    k: usize,
+    rng: &mut ChaCha8Rng,
+    mut trace: Option<&mut Vec<PlusPlusStep>>,
+) -> Vec<usize> {
+    let n = data.n_rows;
+    let trials = n_local_trials(k);
+    let first = rng.random_range(0..n);
+    let mut chosen = vec![first];
+    // closest[i]: squared distance from row i to its closest chosen centre.
+    let mut closest = vec![0.0; n];
+    let mut block_sums = update_closest(data, &mut closest, &data.row(first), true);
+    let mut potential: f64 = block_sums.iter().sum();
+
+    for _ in 1..k {
+        let candidates: Vec<usize> = (0..trials)
+            .map(|_| {
+                let target = rng.random::<f64>() * potential;
+                sample_by_weight(&closest, &block_sums, target, rng)
+            })
+            .collect();
+        let potentials = candidate_potentials(data, &closest, &candidates);
+        // The first candidate with the lowest potential, as numpy's argmin.
+        let mut best = 0;
+        for (t, p) in potentials.iter().enumerate() {
+            if *p < potentials[best] {
+                best = t;
+            }
+        }
+        let best_row = candidates[best];
+        block_sums = update_closest(data, &mut closest, &data.row(best_row), false);
+        potential = block_sums.iter().sum();
+        chosen.push(best_row);
+        if let Some(steps) = trace.as_deref_mut() {
+            steps.push(PlusPlusStep {
+                candidates,
+                potentials,
+                chosen: best_row,
+            });
+        }
+    }
+    chosen
+}
+
+/// Lowers `closest` to the squared distance to `centre` where that is smaller (or sets it,
+/// when `first`) and returns the per-block sums of the result.
+fn update_closest(data: &Prepared, closest: &mut [f64], centre: &[f64], first: bool) -> Vec<f64> {
+    let d = data.n_features;
+    data.par_blocks()
+        .zip(closest.par_chunks_mut(ROWS_PER_BLOCK))
+        .map(|(block, closest)| {
+            let mut sum = 0.0;
+            for (group, closest) in lane_groups(block, d).zip(closest.chunks_mut(LANES)) {
+                let dists = group_squared_distances(group, centre);
+                for (c, &dist) in closest.iter_mut().zip(&dists) {
+                    if first || dist < *c {
+                        *c = dist;
+                    }
+                    sum += *c;
+                }
+            }
+            sum
+        })
+        .collect()
+}
+
+/// Total potential if each candidate were added: Σ_i min(closest[i], ‖x_i − candidate‖²),
+/// summed in the same order as [`update_closest`], so the winner's potential is bit-identical
+/// to the one `update_closest` then computes.
+fn candidate_potentials(data: &Prepared, closest: &[f64], candidates: &[usize]) -> Vec<f64> {
+    let d = data.n_features;
+    let centres = data.gather(candidates);
+    let per_block: Vec<Vec<f64>> = data
+        .par_blocks()
+        .zip(closest.par_chunks(ROWS_PER_BLOCK))
+        .map(|(block, closest)| {
+            centres
+                .chunks_exact(d)
+                .map(|centre| {
+                    let mut sum = 0.0;
+                    for (group, closest) in lane_groups(block, d).zip(closest.chunks(LANES)) {
+                        let dists = group_squared_distances(group, centre);
+                        for (&c, &dist) in closest.iter().zip(&dists) {
+                            sum += dist.min(c);
+                        }
+                    }
+                    sum
+                })
+                .collect()
+        })
+        .collect();
+    let mut totals = vec![0.0; candidates.len()];
+    for block in &per_block {
+        for (t, b) in totals.iter_mut().zip(block) {
+            *t += b;
+        }
+    }
+    totals
+}
+
+/// The first row whose running sum of `weights` exceeds `target` (numpy's searchsorted on the
+/// cumulative sum). Rows of weight 0, i.e. rows already at a centre, are never returned unless
+/// every weight is 0, when any row is as good as another and one is drawn uniformly.
+fn sample_by_weight(
+    weights: &[f64],
+    block_sums: &[f64],
+    target: f64,
+    rng: &mut ChaCha8Rng,
+) -> usize {
+    let mut running = 0.0;
+    for (b, block_sum) in block_sums.iter().enumerate() {
+        if running + block_sum > target {
+            let start = b * ROWS_PER_BLOCK;
+            let block = &weights[start..(start + ROWS_PER_BLOCK).min(weights.len())];
+            let mut within = running;
+            let mut last_positive = None;
+            for (i, &w) in block.iter().enumerate() {
+                within += w;
+                if w > 0.0 {
+                    last_positive = Some(start + i);
+                    if within > target {
+                        return start + i;
+                    }
+                }
+            }
+            // Rounding made the block's own running sum fall short of its total.
+            if let Some(i) = last_positive {
+                return i;
+            }
+        }
+        running += block_sum;
+    }
+    // Rounding made target reach the total: take the last row that has weight.
+    match weights.iter().rposition(|&w| w > 0.0) {
+        Some(i) => i,
+        None => rng.random_range(0..weights.len()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lloyd
+// ---------------------------------------------------------------------------------------------
+
+/// Runs Lloyd's algorithm from `init_centroids` (one row per cluster), as scikit-learn's
+/// `KMeans(init=init_centroids, n_init=1, algorithm="lloyd", max_iter, tol)`: `tol` relative
+/// to the mean per-feature variance, `tol = 0` running until no label changes or `max_iter`.
+pub fn lloyd_from(
+    x: ArrayView2<'_, f64>,
+    init_centroids: ArrayView2<'_, f64>,
+    max_iter: usize,
+    tol: f64,
+) -> Result<KMeansFit, KMeansError> {
+    if max_iter == 0 {
+        return Err(KMeansError::ZeroMaxIter);
+    }
+    check_tol(tol)?;
+    let (k, centroid_width) = init_centroids.dim();
+    if k == 0 {
+        return Err(KMeansError::NoInitialCentroids);
+    }
+    let data = Prepared::new(x)?;
+    if centroid_width != data.n_features {
+        return Err(KMeansError::CentroidWidthMismatch {
+            expected: data.n_features,
+            got: centroid_width,
+        });
+    }
+    if k > data.n_rows {
+        return Err(KMeansError::MoreClustersThanRows {
+            k,
+            rows: data.n_rows,
+        });
+    }
+    let mut init = row_major(init_centroids).into_owned();
+    if let Some(KMeansError::NonFiniteValue { row, column, value }) =
+        first_non_finite(&init, data.n_features)
+    {
+        return Err(KMeansError::NonFiniteCentroid {
+            centroid: row,
+            column,
+            value,
+        });
+    }
+    for centroid in init.chunks_exact_mut(data.n_features) {
+        for (c, mean) in centroid.iter_mut().zip(&data.column_means) {
+            *c -= mean;
+        }
+    }
+    Ok(lloyd(&data, init, max_iter, tol * data.mean_variance).into_fit(&data))
+}
+
+/// A finished Lloyd run, in centred coordinates.
+struct LloydRun {
+    centroids: Vec<f64>,
+    labels: Vec<u32>,
+    inertia: f64,
+    n_iter: usize,
+    converged: bool,
+}
+
+impl LloydRun {
+    fn into_fit(self, data: &Prepared) -> KMeansFit {
+        KMeansFit {
+            centroids: data.uncentre(&self.centroids),
+            labels: self.labels.into_iter().map(|l| l as usize).collect(),
+            inertia: self.inertia,
+            n_iter: self.n_iter,
+            converged: self.converged,
+        }
+    }
+}
+
+/// What one block of rows contributes to a centre update.
+#[derive(Clone)]
+struct BlockPartial {
+    sums: Vec<f64>,
+    counts: Vec<u64>,
+    changed: usize,
+}
+
+fn lloyd(data: &Prepared, init: Vec<f64>, max_iter: usize, absolute_tol: f64) -> LloydRun {
+    let d = data.n_features;
+    let k = init.len() / d;
+    let kernel = Kernel::detect();
+    let mut centroids = init;
+    // u32::MAX is no cluster, so the first iteration never looks converged (sklearn's -1).
+    let mut labels = vec![u32::MAX; data.n_rows];
+    let mut partials = vec![
+        BlockPartial {
+            sums: vec![0.0; k * d],
+            counts: vec![0; k],
+            changed: 0
+        };
+        data.n_blocks()
+    ];
+    let mut n_iter = 0;
+    let mut strictly_converged = false;
+    let mut converged = false;
+
+    for iteration in 0..max_iter {
+        n_iter = iteration + 1;
+        let kernel_centroids = KernelCentroids::new(&centroids, d);
+        assign_all(
+            data,
+            &kernel_centroids,
+            kernel,
+            &mut labels,
+            Some(&mut partials),
+        );
+
+        // Sequential reduction in block order: the reason results do not depend on threads.
+        let mut sums = vec![0.0; k * d];
+        let mut counts = vec![0u64; k];
+        let mut changed = 0;
+        for partial in &partials {
+            for (s, p) in sums.iter_mut().zip(&partial.sums) {
+                *s += p;
+            }
+            for (c, p) in counts.iter_mut().zip(&partial.counts) {
+                *c += p;
+            }
+            changed += partial.changed;
+        }
+        if counts.contains(&0) {
+            relocate_empty_clusters(data, &centroids, &labels, &mut sums, &mut counts);
+        }
+        let mut new_centroids = centroids.clone();
+        for j in 0..k {
+            // A cluster that lost its last row to a relocation keeps its previous centre.
+            if counts[j] > 0 {
+                let count = counts[j] as f64;
+                for (c, s) in new_centroids[j * d..(j + 1) * d]
+                    .iter_mut()
+                    .zip(&sums[j * d..(j + 1) * d])
+                {
+                    *c = s / count;
+                }
+            }
+        }
+        let shift = squared_distance(&centroids, &new_centroids);
+        centroids = new_centroids;
+        if changed == 0 {
+            strictly_converged = true;
+            converged = true;
+            break;
+        }
+        if shift <= absolute_tol {
+            converged = true;
+            break;
+        }
+    }
+    if !strictly_converged {
+        // The last update moved the centres: label the rows against where they ended.
+        let kernel_centroids = KernelCentroids::new(&centroids, d);
+        assign_all(data, &kernel_centroids, kernel, &mut labels, None);
+    }
+    let inertia = exact_inertia(data, &centroids, &labels);
+    LloydRun {
+        centroids,
+        labels,
+        inertia,
+        n_iter,
+        converged,
+    }
+}
+
+/// Labels every row with its nearest centroid and, when `partials` is given, fills each
+/// block's sums, counts and number of changed labels.
+fn assign_all(
+    data: &Prepared,
+    centroids: &KernelCentroids,
+    kernel: Kernel,
+    labels: &mut [u32],
+    partials: Option<&mut [BlockPartial]>,
+) {
+    let d = data.n_features;
+    let blocks = data.par_blocks().zip(labels.par_chunks_mut(ROWS_PER_BLOCK));
+    match partials {
+        Some(partials) => {
+            blocks
+                .zip(partials.par_iter_mut())
+                .for_each(|((block, labels), partial)| {
+                    partial.sums.fill(0.0);
+                    partial.counts.fill(0);
+                    partial.changed = kernel.assign_block::<true>(
+                        block,
+                        d,
+                        centroids,
+                        labels,
+                        &mut partial.sums,
+                        &mut partial.counts,
+                    );
+                })
+        }
+        None => blocks.for_each(|(block, labels)| {
+            kernel.assign_block::<false>(block, d, centroids, labels, &mut [], &mut []);
+        }),
+    }
+}
+
+/// Σ ‖x_i − c_label(i)‖² from exact differences (the dot-product form used for assignment
+/// loses digits), blocked and reduced in block order.
+fn exact_inertia(data: &Prepared, centroids: &[f64], labels: &[u32]) -> f64 {
+    let block_sums: Vec<f64> = data
+        .par_blocks()
+        .zip(labels.par_chunks(ROWS_PER_BLOCK))
+        .map(|(block, labels)| {
+            let mut sum = 0.0;
+            for_each_row_distance(block, data.n_features, centroids, labels, |_, dist| {
+                sum += dist
+            });
+            sum
+        })
+        .collect();
+    block_sums.iter().sum()
+}
+
+/// Calls `f(row index within the block, squared distance to its centroid)` for each row of
+/// a block, in row order.
+fn for_each_row_distance(
+    block: &[f64],
+    d: usize,
+    centroids: &[f64],
+    labels: &[u32],
+    mut f: impl FnMut(usize, f64),
+) {
+    for (g, (group, labels)) in lane_groups(block, d).zip(labels.chunks(LANES)).enumerate() {
+        for (r, &label) in labels.iter().enumerate() {
+            let j = label as usize;
+            let mut sum = 0.0;
+            for (feature, c) in group.iter().zip(&centroids[j * d..(j + 1) * d]) {
+                let diff = feature[r] - c;
+                sum += diff * diff;
+            }
+            f(g * LANES + r, sum);
+        }
+    }
+}
+
+/// scikit-learn's `_relocate_empty_clusters_dense`: each empty cluster takes, as its only
+/// row, one of the rows farthest from the centre it was assigned to this iteration (farthest
+/// first, to the empty clusters in increasing order; ties to the lower row index), and that
+/// row is taken out of its former cluster's sums.
+fn relocate_empty_clusters(
+    data: &Prepared,
+    centroids: &[f64],
+    labels: &[u32],
+    sums: &mut [f64],
+    counts: &mut [u64],
+) {
+    let d = data.n_features;
+    let empty: Vec<usize> = (0..counts.len()).filter(|&j| counts[j] == 0).collect();
+    let wanted = empty.len();
+    // Farther first; among equals, the lower row index first.
+    let order = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let per_block: Vec<Vec<(f64, usize)>> = data
+        .par_blocks()
+        .zip(labels.par_chunks(ROWS_PER_BLOCK))
+        .enumerate()
+        .map(|(b, (block, labels))| {
+            let mut farthest: Vec<(f64, usize)> = Vec::with_capacity(wanted + 1);
+            for_each_row_distance(block, d, centroids, labels, |i, dist| {
+                let candidate = (dist, b * ROWS_PER_BLOCK + i);
+                let at = farthest.partition_point(|kept| order(kept, &candidate).is_lt());
+                if at < wanted {
+                    farthest.insert(at, candidate);
+                    farthest.truncate(wanted);
+                }
+            });
+            farthest
+        })
+        .collect();
+    let mut farthest: Vec<(f64, usize)> = per_block.into_iter().flatten().collect();
+    farthest.sort_by(order);
+    for (&empty_cluster, &(_, row_index)) in empty.iter().zip(&farthest) {
+        let row = data.row(row_index);
+        let former = labels[row_index] as usize;
+        counts[former] -= 1;
+        for (s, v) in sums[former * d..(former + 1) * d].iter_mut().zip(&row) {
+            *s -= v;
+        }
+        sums[empty_cluster * d..(empty_cluster + 1) * d].copy_from_slice(&row);
+        counts[empty_cluster] = 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The assignment kernel (the hot loop)
+// ---------------------------------------------------------------------------------------------
+
+/// Which compiled copy of the kernel runs. All copies do the same IEEE operations in the same
+/// order per lane (no fused multiply-add: Rust never contracts `a * b + c`), so they give
+/// bit-identical results; the wider one is only faster.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// Labels the rows of one block; when `ACCUMULATE`, adds each row to its cluster's sums
+    /// and count. Returns how many labels changed.
+    #[allow(clippy::too_many_arguments)]
+    fn assign_block<const ACCUMULATE: bool>(
+        self,
+        block: &[f64],
+        d: usize,
+        centroids: &KernelCentroids,
+        labels: &mut [u32],
+        sums: &mut [f64],
+        counts: &mut [u64],
+    ) -> usize {
+        match self {
+            Kernel::Portable => {
+                assign_block_impl::<ACCUMULATE, false>(block, d, centroids, labels, sums, counts)
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: this variant is only chosen after `is_x86_feature_detected!("avx2")`.
+            Kernel::Avx2 => unsafe {
+                assign_block_avx2::<ACCUMULATE>(block, d, centroids, labels, sums, counts)
+            },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn assign_block_avx2<const ACCUMULATE: bool>(
+    block: &[f64],
+    d: usize,
+    centroids: &KernelCentroids,
+    labels: &mut [u32],
+    sums: &mut [f64],
+    counts: &mut [u64],
+) -> usize {
+    assign_block_impl::<ACCUMULATE, true>(block, d, centroids, labels, sums, counts)
+}
+
+/// `SIMD`: use [`nearest_in_group_avx2`]; only true inside [`assign_block_avx2`].
+#[inline(always)]
+fn assign_block_impl<const ACCUMULATE: bool, const SIMD: bool>(
+    block: &[f64],
+    d: usize,
+    centroids: &KernelCentroids,
+    labels: &mut [u32],
+    sums: &mut [f64],
+    counts: &mut [u64],
+) -> usize {
+    let mut changed = 0;
+    for (group, labels) in lane_groups(block, d).zip(labels.chunks_mut(LANES)) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SIMD is true only in `assign_block_avx2`, which runs only where AVX2 was
+        // detected.
+        let nearest = if SIMD {
+            unsafe { nearest_in_group_avx2(group, centroids) }
+        } else {
+            nearest_in_group(group, centroids)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let nearest = nearest_in_group(group, centroids);
+        // labels is shorter than LANES in the last, padded group: padding rows are skipped.
+        for (r, (label, &j)) in labels.iter_mut().zip(&nearest).enumerate() {
+            if *label != j {
+                *label = j;
+                changed += 1;
+            }
+            if ACCUMULATE {
+                let j = j as usize;
+                counts[j] += 1;
+                for (s, feature) in sums[j * d..(j + 1) * d].iter_mut().zip(group) {
+                    *s += feature[r];
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// For each row of a group, the index of the centroid minimising `½‖c‖² − x·c` (the same
+/// argmin as `‖x − c‖²`; the lowest index on a tie, as numpy's argmin). Rows are lanes, so the
+/// running minimum is a branch-free select per lane: no data-dependent branch to mispredict.
+#[inline(always)]
+fn nearest_in_group(group: &LaneGroup, centroids: &KernelCentroids) -> [u32; LANES] {
+    let d = group.len();
+    let mut best_score = [f64::INFINITY; LANES];
+    // Kept as f64 so that the selects stay in one register type; exact below 2^53.
+    let mut best_index = [0.0f64; LANES];
+    // Centroids in fours: four independent dot products share each load of the rows and
+    // hide the latency of the additions; the order of operations per (row, centroid) is the
+    // same as one at a time, so the results are too.
+    let (values, _) = centroids.quads.as_chunks::<CENTROIDS_AT_ONCE>();
+    let (half_norms, _) = centroids.half_norms.as_chunks::<CENTROIDS_AT_ONCE>();
+    for (q, (quad, halves)) in values.chunks_exact(d).zip(half_norms).enumerate() {
+        let mut dots = [[0.0f64; LANES]; CENTROIDS_AT_ONCE];
+        for (feature, centre_values) in group.iter().zip(quad) {
+            for (dot, &value) in dots.iter_mut().zip(centre_values) {
+                for r in 0..LANES {
+                    dot[r] += feature[r] * value;
+                }
+            }
+        }
+        for (c, (dot, &half)) in dots.iter().zip(halves).enumerate() {
+            keep_better(
+                &mut best_score,
+                &mut best_index,
+                half,
+                dot,
+                q * CENTROIDS_AT_ONCE + c,
+            );
+        }
+    }
+    best_index.map(|i| i as u32)
+}
+
+/// [`nearest_in_group`] written with AVX intrinsics: LLVM's auto-vectoriser turns the portable
+/// version into shuffles and spills. Lane for lane it does exactly the portable version's
+/// operations in the same order (separate multiply and add, no FMA; `<` as an ordered
+/// compare), so the two give bit-identical labels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn nearest_in_group_avx2(group: &LaneGroup, centroids: &KernelCentroids) -> [u32; LANES] {
+    use std::arch::x86_64::*;
+    let d = group.len();
+    let mut best_score = [_mm256_set1_pd(f64::INFINITY); 2];
+    let mut best_index = [_mm256_setzero_pd(); 2];
+    let (values, _) = centroids.quads.as_chunks::<CENTROIDS_AT_ONCE>();
+    let (half_norms, _) = centroids.half_norms.as_chunks::<CENTROIDS_AT_ONCE>();
+    for (q, (quad, halves)) in values.chunks_exact(d).zip(half_norms).enumerate() {
+        // dots[2c + h]: rows 4h..4h+4 against centroid 4q + c.
+        let mut dots = [_mm256_setzero_pd(); 2 * CENTROIDS_AT_ONCE];
+        for (feature, centre_values) in group.iter().zip(quad) {
+            // SAFETY: `feature` is a [f64; 8]: both unaligned loads of four stay inside it.
+            let (low, high) = unsafe {
+                (
+                    _mm256_loadu_pd(feature.as_ptr()),
+                    _mm256_loadu_pd(feature.as_ptr().add(4)),
+                )
+            };
+            for c in 0..CENTROIDS_AT_ONCE {
+                let value = _mm256_set1_pd(centre_values[c]);
+                dots[2 * c] = _mm256_add_pd(dots[2 * c], _mm256_mul_pd(low, value));
+                dots[2 * c + 1] = _mm256_add_pd(dots[2 * c + 1], _mm256_mul_pd(high, value));
+            }
+        }
+        for c in 0..CENTROIDS_AT_ONCE {
+            let half = _mm256_set1_pd(halves[c]);
+            let index = _mm256_set1_pd((q * CENTROIDS_AT_ONCE + c) as f64);
+            for h in 0..2 {
+                let score = _mm256_sub_pd(half, dots[2 * c + h]);
+                let better = _mm256_cmp_pd::<_CMP_LT_OQ>(score, best_score[h]);
+                best_score[h] = _mm256_blendv_pd(best_score[h], score, better);
+                best_index[h] = _mm256_blendv_pd(best_index[h], index, better);
+            }
+        }
+    }
+    let mut indices = [0.0f64; LANES];
+    // SAFETY: `indices` holds 8 f64: the two unaligned stores of four fill it exactly.
+    unsafe {
+        _mm256_storeu_pd(indices.as_mut_ptr(), best_index[0]);
+        _mm256_storeu_pd(indices.as_mut_ptr().add(4), best_index[1]);
+    }
+    indices.map(|i| i as u32)
+}
+
+/// Centroids scored together in [`nearest_in_group`].
+const CENTROIDS_AT_ONCE: usize = 4;
+
+/// Centroids laid out for [`nearest_in_group`]: in fours (the last four padded with zero
+/// centroids whose infinite half-norm makes them never win), feature-major inside a four:
+/// `quads[(q·d + f)·4 + c]` is feature `f` of centroid `4q + c`; `half_norms` is `½‖c‖²`.
+struct KernelCentroids {
+    quads: Vec<f64>,
+    half_norms: Vec<f64>,
+}
+
+impl KernelCentroids {
+    fn new(centroids: &[f64], d: usize) -> Self {
+        let k = centroids.len() / d;
+        let padded = k.div_ceil(CENTROIDS_AT_ONCE) * CENTROIDS_AT_ONCE;
+        let mut quads = vec![0.0; padded * d];
+        let mut half_norms = vec![f64::INFINITY; padded];
+        for (j, centroid) in centroids.chunks_exact(d).enumerate() {
+            let (q, c) = (j / CENTROIDS_AT_ONCE, j % CENTROIDS_AT_ONCE);
+            for (f, &v) in centroid.iter().enumerate() {
+                quads[(q * d + f) * CENTROIDS_AT_ONCE + c] = v;
+            }
+            half_norms[j] = 0.5 * centroid.iter().map(|v| v * v).sum::<f64>();
+        }
+        Self { quads, half_norms }
+    }
+}
+
+#[inline(always)]
+fn keep_better(
+    best_score: &mut [f64; LANES],
+    best_index: &mut [f64; LANES],
+    half_norm: f64,
+    dot: &[f64; LANES],
+    j: usize,
+) {
+    let index = j as f64;
+    for r in 0..LANES {
+        let score = half_norm - dot[r];
+        // Strict: a later centroid must be better to win. A NaN score (only from values so
+        // large that products overflow) never wins, so the index stays a real one.
+        let better = score < best_score[r];
+        best_score[r] = if better { score } else { best_score[r] };
+        best_index[r] = if better { index } else { best_index[r] };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Silhouette
+// ---------------------------------------------------------------------------------------------
+
+/// Mean silhouette coefficient of `labels` on the rows of `x` (Euclidean distance), as
+/// scikit-learn's `silhouette_score(x, labels, sample_size=…, random_state=…)`:
+/// - with at most `sample_size` rows it is exact, O(n²) distance evaluations (parallel and
+///   blocked, deterministic whatever the thread count);
+/// - with more rows it is the exact silhouette of `sample_size` rows drawn without
+///   replacement with `ChaCha8Rng::seed_from_u64(seed)`, clusters taken as they appear in the
+///   sample: an estimate whose cost stays bounded.
+///
+/// A row alone in its cluster scores 0. The scored rows must hold between 2 and
+/// (rows − 1) distinct labels.
+pub fn silhouette_score(
+    x: ArrayView2<'_, f64>,
+    labels: &[usize],
+    sample_size: usize,
+    seed: u64,
+) -> Result<f64, KMeansError> {
+    let (n_rows, n_features) = x.dim();
+    if sample_size < 2 {
+        return Err(KMeansError::SilhouetteSampleTooSmall { sample_size });
+    }
+    if n_rows == 0 {
+        return Err(KMeansError::EmptyInput);
+    }
+    if n_features == 0 {
+        return Err(KMeansError::NoFeatures { rows: n_rows });
+    }
+    if labels.len() != n_rows {
+        return Err(KMeansError::LabelCountMismatch {
+            rows: n_rows,
+            labels: labels.len(),
+        });
+    }
+    let rows = row_major(x);
+    if let Some(err) = first_non_finite(&rows, n_features) {
+        return Err(err);
+    }
+    let sample = silhouette_sample(n_rows, sample_size, seed);
+    let sampled_rows = gather_rows(&rows, n_features, &sample);
+    let sampled_labels: Vec<usize> = sample.iter().map(|&i| labels[i]).collect();
+    exact_silhouette(&sampled_rows, n_features, &sampled_labels)
+}
+
+/// The rows scored: all of them up to `sample_size`, else a seeded sample, in row order.
+fn silhouette_sample(n_rows: usize, sample_size: usize, seed: u64) -> Vec<usize> {
+    if n_rows <= sample_size {
+        return (0..n_rows).collect();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut sample = rand::seq::index::sample(&mut rng, n_rows, sample_size).into_vec();
+    sample.sort_unstable();
+    sample
+}
+
+fn exact_silhouette(rows: &[f64], d: usize, labels: &[usize]) -> Result<f64, KMeansError> {
+    let n = labels.len();
+    // Clusters renumbered 0..c in increasing label order, as scikit-learn's LabelEncoder.
+    let mut distinct: Vec<usize> = labels.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let n_clusters = distinct.len();
+    if n_clusters < 2 || n_clusters >= n {
+        return Err(KMeansError::SilhouetteClusterCount {
+            clusters: n_clusters,
+            rows: n,
+        });
+    }
+    let dense: Vec<usize> = labels
+        .iter()
+        .map(|l| distinct.partition_point(|d| d < l))
+        .collect();
+    let mut sizes = vec![0usize; n_clusters];
+    for &c in &dense {
+        sizes[c] += 1;
+    }
+    let block_sums: Vec<f64> = rows
+        .par_chunks(SILHOUETTE_ROWS_PER_BLOCK * d)
+        .zip(dense.par_chunks(SILHOUETTE_ROWS_PER_BLOCK))
+        .map(|(block, block_labels)| {
+            let m = block_labels.len();
+            // distance_sums[i·c + cluster]: Σ distances from block row i to that cluster's
+            // rows, summed over all rows in row order (so independent of threads).
+            let mut distance_sums = vec![0.0; m * n_clusters];
+            for (other, &other_cluster) in rows.chunks_exact(d).zip(&dense) {
+                for (i, row) in block.chunks_exact(d).enumerate() {
+                    distance_sums[i * n_clusters + other_cluster] +=
+                        squared_distance(row, other).sqrt();
+                }
+            }
+            let mut sum = 0.0;
+            for (i, &own) in block_labels.iter().enumerate() {
+                sum += row_silhouette(
+                    &distance_sums[i * n_clusters..(i + 1) * n_clusters],
+                    own,
+                    &sizes,
+                );
+            }
+            sum
+        })
+        .collect();
+    Ok(block_sums.iter().sum::<f64>() / n as f64)
+}
+
+/// s = (b − a) / max(a, b): a is the mean distance to the other rows of the own cluster, b the
+/// lowest mean distance to another cluster's rows; 0 for a row alone in its cluster.
+fn row_silhouette(distance_sums: &[f64], own: usize, sizes: &[usize]) -> f64 {
+    if sizes[own] <= 1 {
+        return 0.0;
+    }
+    let a = distance_sums[own] / (sizes[own] - 1) as f64;
+    let mut b = f64::INFINITY;
+    for (c, (&sum, &size)) in distance_sums.iter().zip(sizes).enumerate() {
+        if c != own && size > 0 {
+            b = b.min(sum / size as f64);
+        }
+    }
+    let scale = a.max(b);
+    // All rows at one point: scikit-learn's nan_to_num makes this 0.
+    if scale > 0.0 { (b - a) / scale } else { 0.0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Choosing k
+// ---------------------------------------------------------------------------------------------
+
+/// Parameters of a search for k over `k_min..=k_max`. Each k is fitted with the k-means
+/// parameters here and the same seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KSearchParams {
+    pub k_min: usize,
+    pub k_max: usize,
+    pub n_init: usize,
+    pub max_iter: usize,
+    pub tol: f64,
+    pub seed: u64,
+    /// Rows above which the silhouette is estimated on a seeded sample of this size.
+    pub silhouette_sample_size: usize,
+}
+
+impl KSearchParams {
+    /// `k_min..=k_max` with [`KMeansParams::new`]'s defaults and
+    /// [`DEFAULT_SILHOUETTE_SAMPLE_SIZE`].
+    pub fn new(k_min: usize, k_max: usize) -> Self {
+        let defaults = KMeansParams::new(k_max);
+        Self {
+            k_min,
+            k_max,
+            n_init: defaults.n_init,
+            max_iter: defaults.max_iter,
+            tol: defaults.tol,
+            seed: defaults.seed,
+            silhouette_sample_size: DEFAULT_SILHOUETTE_SAMPLE_SIZE,
+        }
+    }
+
+    pub fn check(&self) -> Result<CheckedKSearchParams, KMeansError> {
+        if self.k_min == 0 {
+            return Err(KMeansError::ZeroMinClusters);
+        }
+        if self.k_min > self.k_max {
+            return Err(KMeansError::EmptyKRange {
+                k_min: self.k_min,
+                k_max: self.k_max,
+            });
+        }
+        if self.silhouette_sample_size < 2 {
+            return Err(KMeansError::SilhouetteSampleTooSmall {
+                sample_size: self.silhouette_sample_size,
+            });
+        }
+        let kmeans = KMeansParams {
+            k: self.k_max,
+            n_init: self.n_init,
+            max_iter: self.max_iter,
+            tol: self.tol,
+            seed: self.seed,
+        }
+        .check()?;
+        Ok(CheckedKSearchParams {
+            params: *self,
+            kmeans,
+        })
+    }
+}
+
+/// Parameters that passed [`KSearchParams::check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckedKSearchParams {
+    params: KSearchParams,
+    kmeans: CheckedKMeansParams,
+}
+
+/// One point of the k curve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KCurvePoint {
+    pub k: usize,
+    /// Sum of squared distances to the centroids (see [`KMeansFit::inertia`]).
+    pub inertia: f64,
+    /// Mean silhouette; `None` for k = 1, or when the fit's labels do not have between 2 and
+    /// (scored rows − 1) distinct clusters.
+    pub silhouette: Option<f64>,
+}
+
+/// Why [`KSearch::chosen_k`] was chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KChoice {
+    /// The knee of the elbow curve, its silhouette within [`SILHOUETTE_OVERRIDE_MARGIN`] of the best.
+    Knee,
+    /// The best silhouette, because the knee's was more than the margin below it.
+    SilhouetteOverKnee,
+    /// The best silhouette, because the curve has no knee (fewer than 3 points, flat, or no
+    /// point below the line joining its ends).
+    SilhouetteNoKnee,
+    /// k_min, because there is neither a knee nor any silhouette.
+    Smallest,
+}
+
+/// The result of a k search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KSearch {
+    pub curve: Vec<KCurvePoint>,
+    /// The knee of the elbow curve, if it has one.
+    pub knee_k: Option<usize>,
+    pub chosen_k: usize,
+    pub reason: KChoice,
+    /// The fit for `chosen_k`.
+    pub fit: KMeansFit,
+}
+
+impl CheckedKSearchParams {
+    pub fn params(&self) -> &KSearchParams {
+        &self.params
+    }
+
+    /// Fits every k of the range and chooses one by [`choose_k`]'s rule.
+    pub fn run(&self, x: ArrayView2<'_, f64>) -> Result<KSearch, KMeansError> {
+        let p = self.params;
+        if p.k_max > x.nrows() && x.nrows() > 0 {
+            return Err(KMeansError::MoreClustersThanRows {
+                k: p.k_max,
+                rows: x.nrows(),
+            });
+        }
+        let mut curve = Vec::new();
+        let mut fits = Vec::new();
+        for k in p.k_min..=p.k_max {
+            let fit = KMeansParams {
+                k,
+                ..*self.kmeans.params()
+            }
+            .check()?
+            .fit(x)?;
+            let silhouette = if k >= 2 {
+                match silhouette_score(x, &fit.labels, p.silhouette_sample_size, p.seed) {
+                    Ok(score) => Some(score),
+                    // Too few distinct clusters survived (duplicate rows), or one cluster per
+                    // row: no silhouette for this k, which is not an error of the search.
+                    Err(KMeansError::SilhouetteClusterCount { .. }) => None,
+                    Err(other) => return Err(other),
+                }
+            } else {
+                None
+            };
+            curve.push(KCurvePoint {
+                k,
+                inertia: fit.inertia,
+                silhouette,
+            });
+            fits.push(fit);
+        }
+        let (chosen_k, knee_k, reason) = choose_k(&curve);
+        let chosen_index = chosen_k - p.k_min;
+        match fits.into_iter().nth(chosen_index) {
+            Some(fit) => Ok(KSearch {
+                curve,
+                knee_k,
+                chosen_k,
+                reason,
+                fit,
+            }),
+            None => Err(KMeansError::EmptyKRange {
+                k_min: p.k_min,
+                k_max: p.k_max,
+            }),
+        }
+    }
+}
+
+/// The knee of an elbow curve (Kneedle-style): with k and inertia both scaled to 0..1, the
+/// interior point farthest below the straight line from the first point to the last (ties to
+/// the smaller k). `None` when there are fewer than 3 points, the inertia is flat, or no point
+/// lies below that line. `curve` must be in increasing k.
+pub fn knee(curve: &[KCurvePoint]) -> Option<usize> {
+    let (first, last) = (curve.first()?, curve.last()?);
+    if curve.len() < 3 {
+        return None;
+    }
+    let k_span = (last.k - first.k) as f64;
+    let (low, high) = curve
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.inertia), hi.max(p.inertia))
+        });
+    let inertia_span = high - low;
+    // Also catches a NaN span (infinite inertia), which compares false.
+    let has_spans = inertia_span > 0.0 && k_span > 0.0;
+    if !has_spans {
+        return None;
+    }
+    let scaled = |p: &KCurvePoint| {
+        (
+            (p.k - first.k) as f64 / k_span,
+            (p.inertia - low) / inertia_span,
+        )
+    };
+    let (_, y_first) = scaled(first);
+    let (_, y_last) = scaled(last);
+    let mut best: Option<(f64, usize)> = None;
+    for point in &curve[1..curve.len() - 1] {
+        let (x, y) = scaled(point);
+        // Vertical distance below the chord; the perpendicular distance is this times a
+        // constant, so both have the same maximum.
+        let below = y_first + (y_last - y_first) * x - y;
+        if below > 0.0 && best.is_none_or(|(b, _)| below > b) {
+            best = Some((below, point.k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// The rule of [`CheckedKSearchParams::run`]: take the knee of the elbow curve ([`knee`]);
+/// if its silhouette is more than [`SILHOUETTE_OVERRIDE_MARGIN`] below the best silhouette of
+/// the curve (k >= 2; ties to the smaller k), or the curve has no knee, take the k with the best
+/// silhouette instead; with neither, k_min. Returns (chosen k, knee, reason).
+pub fn choose_k(curve: &[KCurvePoint]) -> (usize, Option<usize>, KChoice) {
+    let knee_k = knee(curve);
+    let best_silhouette = curve
+        .iter()
+        .fold(None::<(f64, usize)>, |best, p| match p.silhouette {
+            Some(s) if best.is_none_or(|(b, _)| s > b) => Some((s, p.k)),
+            _ => best,
+        });
+    let k_min = curve.first().map_or(1, |p| p.k);
+    match (knee_k, best_silhouette) {
+        (Some(knee_k), Some((best, best_k))) => {
+            let knee_silhouette = curve
+                .iter()
+                .find(|p| p.k == knee_k)
+                .and_then(|p| p.silhouette);
+            match knee_silhouette {
+                Some(s) if s < best - SILHOUETTE_OVERRIDE_MARGIN => {
+                    (best_k, Some(knee_k), KChoice::SilhouetteOverKnee)
+                }
+                _ => (knee_k, Some(knee_k), KChoice::Knee),
+            }
+        }
+        (Some(knee_k), None) => (knee_k, Some(knee_k), KChoice::Knee),
+        (None, Some((_, best_k))) => (best_k, None, KChoice::SilhouetteNoKnee),
+        (None, None) => (k_min, None, KChoice::Smallest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, array};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// `per_blob` rows around each centre with uniform noise in ±`spread` on every feature,
+    /// the blobs interleaved row by row; returns the data and each row's blob.
+    fn blobs(
+        centres: &[&[f64]],
+        per_blob: usize,
+        spread: f64,
+        seed: u64,
+    ) -> (Array2<f64>, Vec<usize>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let d = centres[0].len();
+        let n = centres.len() * per_blob;
+        let mut x = Array2::zeros((n, d));
+        let mut truth = Vec::with_capacity(n);
+        for i in 0..n {
+            let blob = i % centres.len();
+            for f in 0..d {
+                x[[i, f]] = centres[blob][f] + spread * (2.0 * rng.random::<f64>() - 1.0);
+            }
+            truth.push(blob);
+        }
+        (x, truth)
+    }
+
+    fn bits(values: &Array2<f64>) -> Vec<u64> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Each true group is one cluster and each cluster one true group.
+    fn is_same_partition(a: &[usize], b: &[usize]) -> bool {
+        let mut a_to_b = std::collections::HashMap::new();
+        let mut b_to_a = std::collections::HashMap::new();
+        a.iter().zip(b).all(|(&x, &y)| {
+            *a_to_b.entry(x).or_insert(y) == y && *b_to_a.entry(y).or_insert(x) == x
+        })
+    }
+
+    #[test]
+    fn the_same_seed_gives_bit_identical_results_on_one_and_two_threads() -> TestResult {
+        // Several blocks of rows, so that two threads really split the work.
+        let (x, _) = blobs(&[&[0.0, 0.0], &[3.0, 1.0], &[1.0, 4.0]], 4_000, 2.0, 1);
+        assert!(x.nrows() > 2 * ROWS_PER_BLOCK);
+        let params = KMeansParams {
+            k: 3,
+            n_init: 2,
+            max_iter: 50,
+            tol: 0.0,
+            seed: 42,
+        }
+        .check()?;
+        let run = |threads: usize| -> Result<(KMeansFit, f64), Box<dyn std::error::Error>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            let result = pool.install(|| -> Result<(KMeansFit, f64), KMeansError> {
+                let fit = params.fit(x.view())?;
+                let silhouette = silhouette_score(x.view(), &fit.labels, 300, 7)?;
+                Ok((fit, silhouette))
+            });
+            Ok(result?)
+        };
+        let (one, one_silhouette) = run(1)?;
+        let (two, two_silhouette) = run(2)?;
+        assert_eq!(one.labels, two.labels);
+        assert_eq!(bits(&one.centroids), bits(&two.centroids));
+        assert_eq!(one.inertia.to_bits(), two.inertia.to_bits());
+        assert_eq!(one.n_iter, two.n_iter);
+        assert_eq!(one_silhouette.to_bits(), two_silhouette.to_bits());
+        Ok(())
+    }
+
+    #[test]
+    fn the_simd_and_portable_kernels_give_the_same_labels() -> TestResult {
+        let (x, _) = blobs(
+            &[&[0.0, 0.0, 0.0], &[1.0, 1.0, 0.0], &[0.0, 1.0, 1.0]],
+            700,
+            1.5,
+            2,
+        );
+        let data = Prepared::new(x.view())?;
+        // k = 7 is not a multiple of four: the padding centroids are exercised too.
+        let centroids = data.gather(&[0, 5, 10, 33, 70, 300, 1_000]);
+        let kernel_centroids = KernelCentroids::new(&centroids, data.n_features);
+        let mut portable = vec![0u32; data.n_rows];
+        assign_all(
+            &data,
+            &kernel_centroids,
+            Kernel::Portable,
+            &mut portable,
+            None,
+        );
+        let mut detected = vec![0u32; data.n_rows];
+        assign_all(
+            &data,
+            &kernel_centroids,
+            Kernel::detect(),
+            &mut detected,
+            None,
+        );
+        assert_eq!(portable, detected);
+        // And both agree with a plain nearest-centroid search on exact distances.
+        for (i, &label) in portable.iter().enumerate() {
+            let row = data.row(i);
+            let exact: Vec<f64> = centroids
+                .chunks_exact(3)
+                .map(|c| squared_distance(&row, c))
+                .collect();
+            let nearest = exact
+                .iter()
+                .enumerate()
+                .fold(0, |best, (j, &v)| if v < exact[best] { j } else { best });
+            assert!(
+                (exact[label as usize] - exact[nearest]).abs() <= 1e-12,
+                "row {i}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn well_separated_planted_blobs_are_recovered() -> TestResult {
+        let centres: [&[f64]; 4] = [
+            &[0.0, 0.0, 0.0],
+            &[10.0, 0.0, 0.0],
+            &[0.0, 10.0, 0.0],
+            &[0.0, 0.0, 10.0],
+        ];
+        let (x, truth) = blobs(&centres, 200, 1.0, 3);
+        let fit = KMeansParams {
+            k: 4,
+            n_init: 3,
+            max_iter: 100,
+            tol: 1e-4,
+            seed: 0,
+        }
+        .check()?
+        .fit(x.view())?;
+        assert!(is_same_partition(&truth, &fit.labels));
+        assert!(fit.converged);
+        for (blob, centre) in centres.iter().enumerate() {
+            let label = fit.labels[truth.iter().position(|&t| t == blob).ok_or("blob")?];
+            for (f, &c) in centre.iter().enumerate() {
+                assert!((fit.centroids[[label, f]] - c).abs() < 0.15);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn lloyd_matches_linfa_from_the_same_initial_centroids() -> TestResult {
+        use linfa::DatasetBase;
+        use linfa::traits::{Fit, Predict};
+        use linfa_clustering::{KMeans, KMeansInit};
+
+        // linfa updates centres as m_k-means (the old centre counts as one more point), which
+        // has the same fixed points as Lloyd but another path: the blobs are well separated so
+        // that both paths end at the same partition.
+        let (x, _) = blobs(&[&[0.0, 0.0], &[6.0, 0.0], &[3.0, 5.0]], 150, 2.0, 4);
+        let init = kmeans_plusplus(x.view(), 3, 11)?;
+        let ours = lloyd_from(x.view(), init.view(), 300, 0.0)?;
+        let theirs = KMeans::params(3)
+            .n_runs(1)
+            .tolerance(1e-12)
+            .max_n_iterations(1_000)
+            .init_method(KMeansInit::Precomputed(init.clone()))
+            .fit(&DatasetBase::from(x.clone()))?;
+        let their_labels = theirs.predict(&x);
+        assert_eq!(ours.labels, their_labels.to_vec());
+        for (a, b) in ours.centroids.iter().zip(theirs.centroids().iter()) {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()));
+        }
+        // linfa's inertia() is the mean squared distance; ours is the sum.
+        let their_sum = theirs.inertia() * x.nrows() as f64;
+        assert!(
+            (ours.inertia - their_sum).abs() <= 1e-9 * their_sum,
+            "{} vs {their_sum}",
+            ours.inertia
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn kmeans_plus_plus_is_greedy_as_scikit_learn() -> TestResult {
+        // scikit-learn's n_local_trials = 2 + floor(ln k).
+        for (k, trials) in [(1, 2), (2, 2), (3, 3), (7, 3), (8, 4), (20, 4), (21, 5)] {
+            assert_eq!(n_local_trials(k), trials, "k = {k}");
+        }
+        let centres: [&[f64]; 4] = [&[0.0, 0.0], &[20.0, 0.0], &[0.0, 20.0], &[20.0, 20.0]];
+        let (x, truth) = blobs(&centres, 50, 1.0, 5);
+        let data = Prepared::new(x.view())?;
+        let mut steps = Vec::new();
+        let chosen = kmeans_plusplus_rows(&data, 4, &mut restart_rng(9, 0), Some(&mut steps));
+        assert_eq!(steps.len(), 3);
+        for step in &steps {
+            assert_eq!(step.candidates.len(), n_local_trials(4));
+            // The kept candidate is the first one with the lowest total potential.
+            let lowest = step
+                .potentials
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            let first_lowest = step
+                .potentials
+                .iter()
+                .position(|&p| p == lowest)
+                .ok_or("no potential")?;
+            assert_eq!(step.chosen, step.candidates[first_lowest]);
+        }
+        // Candidates are drawn by squared distance: a row already chosen is never drawn again.
+        for (s, step) in steps.iter().enumerate() {
+            assert!(step.candidates.iter().all(|c| !chosen[..=s].contains(c)));
+        }
+        // Greedy seeding on well separated blobs puts one centre in each blob.
+        let mut blobs_hit: Vec<usize> = chosen.iter().map(|&i| truth[i]).collect();
+        blobs_hit.sort_unstable();
+        assert_eq!(blobs_hit, vec![0, 1, 2, 3]);
+        // The public function returns those rows, in the input's coordinates.
+        let centres = kmeans_plusplus(x.view(), 4, 9)?;
+        for (c, &row) in chosen.iter().enumerate() {
+            assert_eq!(centres.row(c), x.row(row));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_fit_with_one_restart_is_lloyd_from_the_kmeans_plus_plus_centres() -> TestResult {
+        let (x, _) = blobs(&[&[0.0, 0.0], &[2.0, 1.0], &[1.0, 3.0]], 100, 1.5, 6);
+        let fit = KMeansParams {
+            k: 3,
+            n_init: 1,
+            max_iter: 100,
+            tol: 1e-4,
+            seed: 5,
+        }
+        .check()?
+        .fit(x.view())?;
+        let init = kmeans_plusplus(x.view(), 3, 5)?;
+        let from = lloyd_from(x.view(), init.view(), 100, 1e-4)?;
+        assert_eq!(fit, from);
+        Ok(())
+    }
+
+    #[test]
+    fn n_init_keeps_the_restart_with_the_lowest_inertia() -> TestResult {
+        // Uniform points have many local optima, so restarts differ.
+        let (x, _) = blobs(&[&[0.0, 0.0]], 300, 1.0, 7);
+        let data = Prepared::new(x.view())?;
+        let tol = 1e-4 * data.mean_variance;
+        let restarts: Vec<LloydRun> = (0..6)
+            .map(|r| fit_restart(&data, 6, 100, tol, 3, r))
+            .collect();
+        let lowest = restarts
+            .iter()
+            .map(|r| r.inertia)
+            .fold(f64::INFINITY, f64::min);
+        let first_lowest = restarts
+            .iter()
+            .position(|r| r.inertia == lowest)
+            .ok_or("no restart")?;
+        assert!(
+            restarts.iter().any(|r| r.inertia != lowest),
+            "the restarts should differ"
+        );
+        let fit = KMeansParams {
+            k: 6,
+            n_init: 6,
+            max_iter: 100,
+            tol: 1e-4,
+            seed: 3,
+        }
+        .check()?
+        .fit(x.view())?;
+        assert_eq!(fit.inertia, lowest);
+        assert_eq!(
+            fit.centroids,
+            data.uncentre(&restarts[first_lowest].centroids)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn tol_is_relative_to_the_mean_feature_variance() -> TestResult {
+        let (x, _) = blobs(&[&[0.0, 0.0], &[4.0, 0.0], &[2.0, 3.0]], 100, 2.0, 8);
+        let init = array![[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]];
+        // The shift of the first iteration, relative to the mean population variance.
+        let first = lloyd_from(x.view(), init.view(), 1, 0.0)?;
+        let shift: f64 = (&first.centroids - &init).iter().map(|v| v * v).sum();
+        let mean_variance = x.var_axis(ndarray::Axis(0), 0.0).mean().ok_or("variance")?;
+        let relative_shift = shift / mean_variance;
+        let stops = lloyd_from(x.view(), init.view(), 100, relative_shift * 1.001)?;
+        assert_eq!((stops.n_iter, stops.converged), (1, true));
+        let goes_on = lloyd_from(x.view(), init.view(), 100, relative_shift * 0.999)?;
+        assert!(goes_on.n_iter > 1);
+        // Scaling the data (by a power of two, so exactly) changes nothing with the same tol.
+        let scaled = lloyd_from(
+            (&x * 1024.0).view(),
+            (&init * 1024.0).view(),
+            100,
+            relative_shift * 0.999,
+        )?;
+        assert_eq!(
+            (scaled.labels, scaled.n_iter),
+            (goes_on.labels.clone(), goes_on.n_iter)
+        );
+        // tol = 0 runs until an iteration changes no label: restarted from where it ended,
+        // one iteration labels the rows, a second (at most) sees nothing change.
+        let strict = lloyd_from(x.view(), init.view(), 1_000, 0.0)?;
+        assert!(strict.converged && strict.n_iter > 2);
+        let again = lloyd_from(x.view(), strict.centroids.view(), 1_000, 0.0)?;
+        assert!(again.n_iter <= 2);
+        assert_eq!(again.labels, strict.labels);
+        // max_iter without convergence: not converged, labels recomputed on the final centres.
+        let capped = lloyd_from(x.view(), init.view(), 1, 0.0)?;
+        assert!(!capped.converged);
+        let assigned: Vec<usize> = capped.assign(x.view())?.iter().map(|a| a.segment).collect();
+        assert_eq!(capped.labels, assigned);
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_cluster_takes_the_row_farthest_from_its_centre() -> TestResult {
+        // Nothing is nearest to 100: rows are 1, 0, 1 and 81 (squared) from centre 1, so
+        // 10 becomes the second centre and leaves the first cluster.
+        let x = array![[0.0], [1.0], [2.0], [10.0]];
+        let close =
+            |a: &Array2<f64>, b: Array2<f64>| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12);
+        let one = lloyd_from(x.view(), array![[1.0], [100.0]].view(), 1, 0.0)?;
+        assert!(
+            close(&one.centroids, array![[1.0], [10.0]]),
+            "{}",
+            one.centroids
+        );
+        let done = lloyd_from(x.view(), array![[1.0], [100.0]].view(), 100, 0.0)?;
+        assert_eq!(done.labels, vec![0, 0, 0, 1]);
+        assert_eq!(done.inertia, 2.0);
+        // Two empty clusters take the two farthest rows, farthest first, in cluster order.
+        let x = array![[0.0], [1.0], [2.0], [10.0], [20.0]];
+        let two = lloyd_from(x.view(), array![[1.0], [100.0], [200.0]].view(), 1, 0.0)?;
+        assert!(
+            close(&two.centroids, array![[1.0], [20.0], [10.0]]),
+            "{}",
+            two.centroids
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn inertia_is_the_sum_of_squared_distances() -> TestResult {
+        let (x, _) = blobs(&[&[0.0, 0.0], &[5.0, 5.0]], 50, 1.0, 9);
+        let fit = KMeansParams {
+            k: 2,
+            n_init: 1,
+            max_iter: 100,
+            tol: 0.0,
+            seed: 1,
+        }
+        .check()?
+        .fit(x.view())?;
+        let by_hand: f64 = x
+            .rows()
+            .into_iter()
+            .zip(&fit.labels)
+            .map(|(row, &l)| (&row - &fit.centroids.row(l)).mapv(|v| v * v).sum())
+            .sum();
+        assert!((fit.inertia - by_hand).abs() <= 1e-12 * by_hand);
+        // k = 1: the centroid is the mean and the inertia n × the total variance.
+        let single = KMeansParams {
+            k: 1,
+            n_init: 1,
+            max_iter: 10,
+            tol: 0.0,
+            seed: 1,
+        }
+        .check()?
+        .fit(x.view())?;
+        let total_variance = x.var_axis(ndarray::Axis(0), 0.0).sum() * x.nrows() as f64;
+        assert!((single.inertia - total_variance).abs() <= 1e-9 * total_variance);
+        Ok(())
+    }
+
+    #[test]
+    fn assign_gives_the_nearest_centroid_its_distance_and_the_runner_up() -> TestResult {
+        let fit = KMeansFit {
+            centroids: array![[0.0, 0.0], [10.0, 0.0], [0.0, 4.0]],
+            labels: vec![],
+            inertia: 0.0,
+            n_iter: 0,
+            converged: true,
+        };
+        let got = fit.assign(array![[3.0, 0.0], [9.0, 1.0], [0.0, 3.0]].view())?;
+        let expected = [
+            (0, 3.0, Some(2)),
+            (1, 2f64.sqrt(), Some(0)),
+            (2, 1.0, Some(0)),
+        ];
+        for (a, (segment, distance, second)) in got.iter().zip(expected) {
+            assert_eq!((a.segment, a.second_segment), (segment, second));
+            assert!((a.distance - distance).abs() < 1e-12);
+        }
+        let single = KMeansFit {
+            centroids: array![[1.0, 1.0]],
+            ..fit.clone()
+        };
+        assert_eq!(
+            single.assign(array![[1.0, 4.0]].view())?[0],
+            Assignment {
+                segment: 0,
+                distance: 3.0,
+                second_segment: None,
+            }
+        );
+        assert_eq!(
+            fit.assign(array![[1.0]].view()),
+            Err(KMeansError::AssignWidthMismatch {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert!(matches!(
+            fit.assign(array![[1.0, f64::NAN]].view()),
+            Err(KMeansError::NonFiniteValue {
+                row: 0,
+                column: 1,
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn each_rule_has_its_own_error() {
+        let ok = KMeansParams {
+            k: 2,
+            n_init: 1,
+            max_iter: 10,
+            tol: 1e-4,
+            seed: 0,
+        };
+        assert_eq!(
+            KMeansParams { k: 0, ..ok }.check(),
+            Err(KMeansError::ZeroClusters)
+        );
+        assert_eq!(
+            KMeansParams { n_init: 0, ..ok }.check(),
+            Err(KMeansError::ZeroRestarts)
+        );
+        assert_eq!(
+            KMeansParams { max_iter: 0, ..ok }.check(),
+            Err(KMeansError::ZeroMaxIter)
+        );
+        assert_eq!(
+            KMeansParams { tol: -1.0, ..ok }.check(),
+            Err(KMeansError::InvalidTolerance { tol: -1.0 })
+        );
+        assert!(matches!(
+            KMeansParams {
+                tol: f64::NAN,
+                ..ok
+            }
+            .check(),
+            Err(KMeansError::InvalidTolerance { .. })
+        ));
+        assert!(matches!(
+            KMeansParams {
+                tol: f64::INFINITY,
+                ..ok
+            }
+            .check(),
+            Err(KMeansError::InvalidTolerance { .. })
+        ));
+
+        let Ok(checked) = ok.check() else {
+            panic!("valid parameters were rejected")
+        };
+        let too_many = KMeansParams { k: 4, ..ok }
+            .check()
+            .map(|p| p.fit(array![[1.0], [2.0], [3.0]].view()));
+        let Ok(Err(err)) = too_many else {
+            panic!("k > rows was accepted")
+        };
+        assert_eq!(err, KMeansError::MoreClustersThanRows { k: 4, rows: 3 });
+        assert_eq!(
+            err.to_string(),
+            "k = 4 is larger than the number of rows (3); choose k between 1 and 3"
+        );
+
+        let err = checked.fit(array![[1.0, 2.0, 3.0], [4.0, 5.0, f64::NAN]].view());
+        let Err(err) = err else {
+            panic!("NaN was accepted")
+        };
+        assert!(
+            matches!(err, KMeansError::NonFiniteValue { row: 1, column: 2, value } if value.is_nan())
+        );
+        assert!(err.to_string().contains("row 1, column 2"), "{err}");
+        assert!(matches!(
+            checked.fit(array![[1.0, f64::NEG_INFINITY], [1.0, 2.0]].view()),
+            Err(KMeansError::NonFiniteValue {
+                row: 0,
+                column: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            checked.fit(Array2::<f64>::zeros((0, 3)).view()),
+            Err(KMeansError::EmptyInput)
+        );
+        assert_eq!(
+            checked.fit(Array2::<f64>::zeros((5, 0)).view()),
+            Err(KMeansError::NoFeatures { rows: 5 })
+        );
+
+        let x = array![[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]];
+        assert_eq!(
+            lloyd_from(x.view(), array![[0.0]].view(), 10, 0.0),
+            Err(KMeansError::CentroidWidthMismatch {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            lloyd_from(x.view(), Array2::zeros((0, 2)).view(), 10, 0.0),
+            Err(KMeansError::NoInitialCentroids)
+        );
+        assert!(matches!(
+            lloyd_from(x.view(), array![[0.0, f64::NAN]].view(), 10, 0.0),
+            Err(KMeansError::NonFiniteCentroid {
+                centroid: 0,
+                column: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            lloyd_from(x.view(), array![[0.0, 0.0]].view(), 0, 0.0),
+            Err(KMeansError::ZeroMaxIter)
+        );
+        assert_eq!(
+            lloyd_from(x.view(), Array2::zeros((4, 2)).view(), 10, 0.0),
+            Err(KMeansError::MoreClustersThanRows { k: 4, rows: 3 })
+        );
+
+        assert_eq!(
+            silhouette_score(x.view(), &[0, 1], 10, 0),
+            Err(KMeansError::LabelCountMismatch { rows: 3, labels: 2 })
+        );
+        assert_eq!(
+            silhouette_score(x.view(), &[0, 0, 0], 10, 0),
+            Err(KMeansError::SilhouetteClusterCount {
+                clusters: 1,
+                rows: 3
+            })
+        );
+        assert_eq!(
+            silhouette_score(x.view(), &[0, 1, 2], 10, 0),
+            Err(KMeansError::SilhouetteClusterCount {
+                clusters: 3,
+                rows: 3
+            })
+        );
+        assert_eq!(
+            silhouette_score(x.view(), &[0, 0, 1], 1, 0),
+            Err(KMeansError::SilhouetteSampleTooSmall { sample_size: 1 })
+        );
+        assert_eq!(
+            KSearchParams::new(0, 3).check(),
+            Err(KMeansError::ZeroMinClusters)
+        );
+        assert_eq!(
+            KSearchParams::new(4, 3).check(),
+            Err(KMeansError::EmptyKRange { k_min: 4, k_max: 3 })
+        );
+    }
+
+    #[test]
+    fn silhouette_matches_a_hand_computed_example() -> TestResult {
+        // Rows 0 and 1 in one cluster, 4 and 5 in another: a = 1 for every row; b is 4.5 for
+        // the outer rows and 3.5 for the inner ones: s = 3.5/4.5 and 2.5/3.5.
+        let x = array![[0.0], [1.0], [4.0], [5.0]];
+        let expected = (3.5 / 4.5 + 2.5 / 3.5) / 2.0;
+        let got = silhouette_score(x.view(), &[0, 0, 1, 1], 100, 0)?;
+        assert!((got - expected).abs() < 1e-15, "{got} vs {expected}");
+        // Labels are any numbers; a row alone in its cluster scores 0.
+        let x = array![[0.0], [1.0], [10.0]];
+        let expected = (0.9 + 8.0 / 9.0 + 0.0) / 3.0;
+        let got = silhouette_score(x.view(), &[7, 7, 3], 100, 0)?;
+        assert!((got - expected).abs() < 1e-15, "{got} vs {expected}");
+        Ok(())
+    }
+
+    #[test]
+    fn above_the_sample_size_silhouette_scores_a_seeded_sample() -> TestResult {
+        let (x, truth) = blobs(&[&[0.0, 0.0], &[3.0, 0.0]], 40, 2.0, 10);
+        let sampled = silhouette_score(x.view(), &truth, 30, 5)?;
+        // It is the exact silhouette of the sampled rows...
+        let rows = silhouette_sample(x.nrows(), 30, 5);
+        assert_eq!(rows.len(), 30);
+        let sub = x.select(ndarray::Axis(0), &rows);
+        let sub_labels: Vec<usize> = rows.iter().map(|&i| truth[i]).collect();
+        assert_eq!(sampled, silhouette_score(sub.view(), &sub_labels, 30, 0)?);
+        // ...the same for the same seed, and generally not the exact score of all rows.
+        assert_eq!(sampled, silhouette_score(x.view(), &truth, 30, 5)?);
+        assert_ne!(sampled, silhouette_score(x.view(), &truth, 80, 5)?);
+        Ok(())
+    }
+
+    fn point(k: usize, inertia: f64, silhouette: Option<f64>) -> KCurvePoint {
+        KCurvePoint {
+            k,
+            inertia,
+            silhouette,
+        }
+    }
+
+    #[test]
+    fn the_k_rule_takes_the_knee_unless_its_silhouette_is_much_worse() {
+        // Knee at 3; its silhouette is within the margin of the best: the knee stays.
+        let curve = [
+            point(1, 100.0, None),
+            point(2, 50.0, Some(0.55)),
+            point(3, 10.0, Some(0.50)),
+            point(4, 8.0, Some(0.40)),
+            point(5, 7.0, Some(0.30)),
+        ];
+        assert_eq!(choose_k(&curve), (3, Some(3), KChoice::Knee));
+        // The same knee with a silhouette more than the margin below the best: the best wins.
+        let mut worse = curve;
+        worse[2].silhouette = Some(0.55 - SILHOUETTE_OVERRIDE_MARGIN - 0.01);
+        assert_eq!(choose_k(&worse), (2, Some(3), KChoice::SilhouetteOverKnee));
+        // A straight line has no knee: the best silhouette.
+        let line = [
+            point(2, 30.0, Some(0.2)),
+            point(3, 20.0, Some(0.6)),
+            point(4, 10.0, Some(0.3)),
+        ];
+        assert_eq!(choose_k(&line), (3, None, KChoice::SilhouetteNoKnee));
+        // No knee and no silhouette: k_min.
+        assert_eq!(
+            choose_k(&[point(1, 5.0, None)]),
+            (1, None, KChoice::Smallest)
+        );
+    }
+
+    #[test]
+    fn the_k_search_finds_four_planted_blobs() -> TestResult {
+        let centres: [&[f64]; 4] = [&[0.0, 0.0], &[8.0, 0.0], &[0.0, 8.0], &[8.0, 8.0]];
+        let (x, truth) = blobs(&centres, 40, 1.5, 11);
+        let search = KSearchParams {
+            n_init: 2,
+            ..KSearchParams::new(1, 8)
+        }
+        .check()?
+        .run(x.view())?;
+        assert_eq!(search.curve.len(), 8);
+        assert_eq!(search.curve[0].silhouette, None);
+        assert!(search.curve[1..].iter().all(|p| p.silhouette.is_some()));
+        assert_eq!(
+            (search.chosen_k, search.knee_k, search.reason),
+            (4, Some(4), KChoice::Knee)
+        );
+        assert!(is_same_partition(&truth, &search.fit.labels));
+        Ok(())
+    }
+}

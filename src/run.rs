@@ -1,0 +1,213 @@
+//! Executing a checked plan: stages in order, then every output table committed.
+//!
+//! Stages hand each other lazy DataFusion frames (registered as views), so SQL stages stream
+//! and spill; what a stage materialises is its own business. Output tables are written to
+//! staging as they are computed and committed only once every table has been written: a run
+//! that fails leaves every table as it was.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use datafusion::logical_expr::SortExpr;
+use datafusion::prelude::{DataFrame, SessionContext, ident};
+use serde::Serialize;
+
+use crate::config::PartitionBy;
+use crate::engine::{self, EngineOptions};
+use crate::plan::{Plan, PlannedOutput};
+use crate::sink::{self, Manifest, StagedTable, TableTarget};
+use crate::stage::{self, StageContext, StageMetrics};
+use crate::vars::{RUN_DATE, VarValue};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("stage \"{stage}\" failed: {message}")]
+    Stage { stage: String, message: String },
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    #[error("query engine: {0}")]
+    Engine(String),
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// What a run did: the record kept under `_segflow/runs/<run>/run.json` and the one-line
+/// summary printed last on stdout.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub pipeline: String,
+    pub run_id: String,
+    pub run_date: String,
+    pub status: &'static str,
+    pub output_root: String,
+    pub stages: Vec<StageSummary>,
+    pub tables: Vec<TableSummary>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    pub kind: String,
+    pub seconds: f64,
+    pub metrics: StageMetrics,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSummary {
+    pub table: String,
+    pub path: String,
+    pub rows: u64,
+    pub files: usize,
+}
+
+/// Runs every stage, writes every output to staging, then commits them all.
+pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let run_date = match plan.vars.get(RUN_DATE) {
+        Some(VarValue::Date(d)) => d.format("%Y-%m-%d").to_string(),
+        _ => return Err(RunError::Engine("internal: run_date is not set".to_string())),
+    };
+    let staging = sink::staging_root(&plan.output_root, run_id);
+    let result = execute_stages(plan, run_id, &run_date, engine_options).await;
+    let outcome = match result {
+        Ok((stages, staged)) => {
+            let mut tables = Vec::new();
+            for table in staged {
+                let live = table.target.live_dir();
+                let manifest: Manifest = sink::commit(table)?;
+                tracing::info!(table = %manifest.table, rows = manifest.rows, path = %live.display(), "committed");
+                tables.push(TableSummary {
+                    table: manifest.table,
+                    path: live.display().to_string(),
+                    rows: manifest.rows,
+                    files: manifest.files.len(),
+                });
+            }
+            Ok(RunSummary {
+                pipeline: plan.name.clone(),
+                run_id: run_id.to_string(),
+                run_date: run_date.clone(),
+                status: "success",
+                output_root: plan.output_root.display().to_string(),
+                stages,
+                tables,
+                seconds: round_ms(started.elapsed().as_secs_f64()),
+            })
+        }
+        Err(e) => Err(e),
+    };
+    // Whatever happened, this run's staging area has no further use.
+    if staging.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&staging) {
+            tracing::warn!(path = %staging.display(), error = %e, "could not remove the staging folder");
+        }
+    }
+    let summary = outcome?;
+    write_run_record(plan, run_id, &summary)?;
+    Ok(summary)
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+async fn execute_stages(
+    plan: &Plan,
+    run_id: &str,
+    run_date: &str,
+    engine_options: &EngineOptions,
+) -> Result<(Vec<StageSummary>, Vec<StagedTable>), RunError> {
+    let session = engine::session(engine_options).map_err(|e| RunError::Engine(e.to_string()))?;
+    for input in &plan.inputs {
+        engine::register_parquet(&session, &input.name, &input.location)
+            .await
+            .map_err(|e| RunError::Engine(format!("input `{}`: {}", input.name, engine::describe_datafusion_error(&e))))?;
+    }
+    let mut summaries = Vec::new();
+    for planned in &plan.stages {
+        let started = Instant::now();
+        tracing::info!(stage = %planned.name, kind = planned.kind, "stage started");
+        let ctx = StageContext {
+            session: &session,
+            stage_name: &planned.name,
+            vars: &plan.vars,
+            seed: stage::derive_seed(plan.seed, &planned.name),
+            run_id,
+        };
+        let (results, metrics) = planned
+            .stage
+            .run(&ctx)
+            .await
+            .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.message })?;
+        for result in results {
+            session
+                .register_table(&result.name, result.frame.into_view())
+                .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.to_string() })?;
+        }
+        let seconds = round_ms(started.elapsed().as_secs_f64());
+        tracing::info!(stage = %planned.name, seconds, "stage planned");
+        summaries.push(StageSummary { name: planned.name.clone(), kind: planned.kind.to_string(), seconds, metrics });
+    }
+    let mut staged = Vec::new();
+    for output in &plan.outputs {
+        let started = Instant::now();
+        let frame = sorted_output(&session, output).await?;
+        let target = TableTarget {
+            root: plan.output_root.clone(),
+            table: output.table.clone(),
+            partition: match output.partition_by {
+                PartitionBy::RunDate => Some(format!("{RUN_DATE}={run_date}")),
+                PartitionBy::None => None,
+            },
+            run_id: run_id.to_string(),
+            run_date: run_date.to_string(),
+            schema_version: output.schema_version,
+        };
+        let table = sink::stage(target, frame).await.map_err(|e| match e {
+            // A query that fails while its rows are computed is the stage's failure.
+            sink::SinkError::Compute { table, message } => {
+                let stage = output.from.clone();
+                RunError::Stage { stage, message: format!("while computing table `{table}`: {message}") }
+            }
+            other => RunError::Sink(other),
+        })?;
+        tracing::info!(table = %output.table, rows = table.manifest.rows, seconds = round_ms(started.elapsed().as_secs_f64()), "table written to staging");
+        staged.push(table);
+    }
+    Ok((summaries, staged))
+}
+
+/// The output's rows in a total order — the declared sort columns, then every other column —
+/// so the same input always writes the same files.
+async fn sorted_output(session: &SessionContext, output: &PlannedOutput) -> Result<DataFrame, RunError> {
+    let frame = session
+        .table(output.from.as_str())
+        .await
+        .map_err(|e| RunError::Engine(format!("table `{}`: {}", output.from, engine::describe_datafusion_error(&e))))?;
+    let mut keys: Vec<String> = output.sort_by.iter().map(|c| c.value.clone()).collect();
+    for field in frame.schema().fields() {
+        let sortable = field.data_type().is_primitive() || matches!(
+            field.data_type(),
+            datafusion::arrow::datatypes::DataType::Utf8
+                | datafusion::arrow::datatypes::DataType::LargeUtf8
+                | datafusion::arrow::datatypes::DataType::Utf8View
+                | datafusion::arrow::datatypes::DataType::Boolean
+        );
+        if sortable && !keys.contains(field.name()) {
+            keys.push(field.name().clone());
+        }
+    }
+    let sort: Vec<SortExpr> = keys.iter().map(|k| ident(k).sort(true, true)).collect();
+    frame
+        .sort(sort)
+        .map_err(|e| RunError::Engine(format!("sorting `{}`: {}", output.table, engine::describe_datafusion_error(&e))))
+}
+
+fn write_run_record(plan: &Plan, run_id: &str, summary: &RunSummary) -> Result<(), RunError> {
+    let dir = plan.output_root.join(sink::SEGFLOW_DIR).join("runs").join(sink::file_safe(run_id));
+    std::fs::create_dir_all(&dir).map_err(|source| RunError::Io { action: "create", path: dir.clone(), source })?;
+    let path = dir.join("run.json");
+    let text = serde_json::to_string_pretty(summary).map_err(|e| RunError::Engine(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|source| RunError::Io { action: "write", path, source })
+}

@@ -1,0 +1,150 @@
+//! Stage kinds: one file each, behind one trait, listed in one registry.
+//!
+//! Adding a kind is one new file here and one line in [`REGISTRY`]: the kind reads its own
+//! strict parameters ([`StageKind::build`]), says what it would produce from its inputs'
+//! schemas without reading data ([`Stage::plan`], what `validate` runs), and produces it
+//! ([`Stage::run`]).
+
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::config::yaml::{Node, Pos};
+use crate::vars::Vars;
+
+/// Every stage kind segflow knows, by its `kind:` name.
+pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind];
+
+/// The kind registered under `name`.
+pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
+    REGISTRY.iter().copied().find(|k| k.name() == name)
+}
+
+pub fn kind_names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|k| k.name())
+}
+
+/// A stage kind: reads its parameters and builds the stage.
+pub trait StageKind: Sync {
+    /// The `kind:` value that selects it.
+    fn name(&self) -> &'static str;
+
+    /// Reads the kind's own keys (everything but `name`, `kind`, `inputs`, `description`)
+    /// and checks what can be checked without data. Reports every problem it finds.
+    fn build(&self, params: &Node, ctx: &BuildContext<'_>) -> Result<Box<dyn Stage>, Vec<StageProblem>>;
+}
+
+/// What a kind may look at while building a stage.
+pub struct BuildContext<'a> {
+    pub stage_name: &'a str,
+    /// The stage's declared inputs (input or stage names).
+    pub inputs: &'a [String],
+    /// Folder that relative paths resolve against (the pipeline file's).
+    pub base_dir: &'a Path,
+    /// The pipeline file as messages name it, and its text (to map positions inside
+    /// inline SQL back to the YAML).
+    pub pipeline_file: &'a Path,
+    pub pipeline_text: &'a str,
+    pub vars: &'a Vars,
+}
+
+/// A problem in one stage, located in the pipeline file or in a file the stage reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageProblem {
+    /// `None`: the pipeline file itself.
+    pub file: Option<PathBuf>,
+    pub pos: Option<Pos>,
+    pub message: String,
+    pub suggestion: Option<String>,
+}
+
+impl StageProblem {
+    pub fn at(pos: Pos, message: impl Into<String>) -> Self {
+        StageProblem { file: None, pos: Some(pos), message: message.into(), suggestion: None }
+    }
+}
+
+/// One result of a stage, registered as a table for the stages after it.
+pub struct StageResult {
+    /// The stage's name for its main result, `<stage>_<part>` for the others.
+    pub name: String,
+    pub frame: DataFrame,
+}
+
+/// What a stage sees when it plans or runs.
+pub struct StageContext<'a> {
+    pub session: &'a SessionContext,
+    pub stage_name: &'a str,
+    pub vars: &'a Vars,
+    /// This stage's own seed, derived from the pipeline seed and the stage name.
+    pub seed: u64,
+    pub run_id: &'a str,
+}
+
+#[async_trait]
+pub trait Stage: Send + Sync + Debug {
+    /// Names of results besides the main one; each becomes the table `<stage>_<part>`.
+    fn secondary_results(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The stage's results as lazy frames, planned against the schemas of the tables in the
+    /// session. Reads no data: `validate` calls this with empty tables standing in for inputs.
+    async fn plan(&self, ctx: &StageContext<'_>) -> Result<Vec<StageResult>, Vec<StageProblem>>;
+
+    /// Produces the results. Lazy frames are fine: the runner decides what to materialise.
+    async fn run(&self, ctx: &StageContext<'_>) -> Result<(Vec<StageResult>, StageMetrics), StageFailure>;
+}
+
+/// Counts a stage reports about its run (rows in, rows out, rejected …), for the run summary.
+pub type StageMetrics = BTreeMap<String, i64>;
+
+/// A stage that failed while running: what happened, for the log and the exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StageFailure {
+    pub message: String,
+}
+
+impl From<datafusion::error::DataFusionError> for StageFailure {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        StageFailure { message: crate::engine::describe_datafusion_error(&e) }
+    }
+}
+
+/// A stage's seed: the pipeline seed mixed with the stage name (FNV-1a), so adding or
+/// reordering stages does not change the others' random draws.
+pub fn derive_seed(pipeline_seed: u64, stage_name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ pipeline_seed;
+    for byte in stage_name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_kind_has_a_distinct_name() {
+        let mut names: Vec<_> = kind_names().collect();
+        let before = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), before);
+    }
+
+    #[test]
+    fn stage_seeds_depend_on_the_pipeline_seed_and_the_stage_name() {
+        assert_eq!(derive_seed(42, "segment"), derive_seed(42, "segment"));
+        assert_ne!(derive_seed(42, "segment"), derive_seed(43, "segment"));
+        assert_ne!(derive_seed(42, "segment"), derive_seed(42, "churn"));
+    }
+}
