@@ -146,6 +146,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
 
     // Inputs.
     let mut inputs = Vec::new();
+    let mut missing_inputs: BTreeSet<String> = BTreeSet::new();
     let mut names_seen: HashMap<String, Pos> = HashMap::new();
     for input in &raw.inputs {
         let name = &input.name;
@@ -158,6 +159,8 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             Ok(location) => location,
             Err(message) => {
                 diags.push(problem(Some(input.spec.path.pos), format!("input `{}`: {message}", name.value)));
+                // Stages reading it are not planned: one missing file, one message.
+                missing_inputs.insert(name.value.clone());
                 continue;
             }
         };
@@ -173,7 +176,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
     // Stages: names, kinds, parameters.
     let input_names: BTreeSet<&str> = raw.inputs.iter().map(|i| i.name.value.as_str()).collect();
     let mut built: Vec<PlannedStage> = Vec::new();
-    let mut broken: BTreeSet<String> = BTreeSet::new();
+    let mut broken: BTreeSet<String> = missing_inputs;
     let mut stage_first_pos: HashMap<String, Pos> = HashMap::new();
     let stage_names: Vec<&str> = raw.stages.iter().filter_map(|s| s.name.as_ref().map(|n| n.value.as_str())).collect();
     for raw_stage in &raw.stages {
@@ -267,7 +270,9 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
     // Outputs.
     let mut result_names: Vec<String> = Vec::new();
     for name in &stage_names {
-        result_names.push(name.to_string());
+        if !result_names.iter().any(|r| r == name) {
+            result_names.push(name.to_string());
+        }
     }
     for s in &stages {
         for part in s.stage.secondary_results() {
@@ -379,8 +384,13 @@ fn order_stages(stages: Vec<PlannedStage>) -> (Vec<PlannedStage>, Option<Vec<Str
         let Some(next) = edges.get(current).and_then(|e| e.first()).copied() else { break };
         if let Some(start) = path.iter().position(|p| *p == next) {
             let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
-            // Read in data-flow order: an input comes before the stage reading it.
+            // Read in data-flow order (an input before the stage reading it), starting from
+            // the stage declared first, where the message points.
             cycle.reverse();
+            let first_declared = left.iter().position(|s| cycle.contains(&s.name)).map(|i| left[i].name.clone());
+            if let Some(at) = first_declared.and_then(|name| cycle.iter().position(|c| *c == name)) {
+                cycle.rotate_left(at);
+            }
             cycle.push(cycle[0].clone());
             ordered.extend(left);
             return (ordered, Some(cycle));

@@ -153,3 +153,23 @@ fn run_with_a_bad_command_line_exits_2() {
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("--var as_of=soon: `soon` is not a date (YYYY-MM-DD)"), "{}", ran.stderr);
 }
+
+/// The real UCI Online Retail data, read in place from ../shared beside the checkout.
+#[test]
+fn online_retail_features_cover_the_4372_customers_with_an_id() {
+    let source = repo().join("../shared/data/online_retail/online_retail.parquet");
+    assert!(source.exists(), "the shared data set is expected beside the checkout: {}", source.display());
+    let out = tempfile::tempdir().unwrap();
+    let ran = segflow_in(
+        &repo(),
+        &["run", "pipelines/online_retail.yaml", "--run-date", "2011-12-10", "--run-id", "retail", "--output-root", out.path().to_str().unwrap()],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(summary(&ran)["tables"][0]["rows"].as_u64(), Some(4_372));
+    // Customer 12346 bought 74,215 units once and cancelled them the same day: one purchase
+    // worth 77,183.60, one cancelled invoice of two.
+    let table = read_table(&out.path().join("customer_features/run_date=2011-12-10"), "customer_id LIMIT 1");
+    assert!(table.contains("| 12346       |"), "{table}");
+    assert!(table.contains("| 1         | 77183.6  |"), "{table}");
+    assert!(table.contains("| 0.5               |"), "{table}");
+}
