@@ -7,7 +7,8 @@
 //!    `<root>/_segflow/staging/<run>/<table>/[run_date=D/]`, named
 //!    `part-NNNNN-<run>.parquet`, each fsynced; then `_manifest.json` (rows, schema, files, run
 //!    id, schema version) and an empty `_SUCCESS` beside them. Nothing a reader looks at has
-//!    changed yet. A crash here leaves only a staging folder, removed by the next run.
+//!    changed yet. A failed run removes its staging folder; one killed here leaves it under
+//!    `_segflow/staging/<run>/`, where no reader of a table looks.
 //! 2. **Swap.** One `renameat2(RENAME_EXCHANGE)` swaps the staging folder with the live
 //!    `<root>/<table>/[run_date=D/]` folder (or one `rename` when there is none yet). Readers see
 //!    the old partition or the new one, whole, never a mix: data, `_manifest.json` and

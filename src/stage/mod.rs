@@ -5,6 +5,7 @@
 //! schemas without reading data ([`Stage::plan`], what `validate` runs), and produces it
 //! ([`Stage::run`]).
 
+pub mod clean;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use crate::config::yaml::{Node, Pos};
 use crate::vars::Vars;
 
 /// Every stage kind segflow knows, by its `kind:` name.
-pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind];
+pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind, &clean::CleanKind];
 
 /// The kind registered under `name`.
 pub fn kind(name: &str) -> Option<&'static dyn StageKind> {

@@ -173,3 +173,20 @@ fn online_retail_features_cover_the_4372_customers_with_an_id() {
     assert!(table.contains("| 1         | 77183.6  |"), "{table}");
     assert!(table.contains("| 0.5               |"), "{table}");
 }
+
+#[test]
+fn an_input_can_be_a_glob_over_several_files() {
+    let sandbox = Sandbox::new();
+    sandbox.write_tiny_transactions("data/part-1.parquet");
+    sandbox.write_tiny_transactions("data/part-2.parquet");
+    sandbox.write_tiny_transactions("other/part-3.parquet");
+    let pipeline = sandbox.write(
+        "pipeline.yaml",
+        "name: glob\noutput_root: out\ninputs:\n  transactions:\n    path: data/part-*.parquet\n\
+         stages:\n  - name: lines\n    kind: sql\n    inputs: [transactions]\n    query: SELECT COUNT(*) AS n FROM transactions\n\
+         outputs:\n  lines: {partition_by: none}\n",
+    );
+    let ran = sandbox.segflow(&["run", pipeline.to_str().unwrap(), "--run-id", "g"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(read_table(&sandbox.path("out/lines"), "n").contains("| 14 |"), "two files of 7 lines each");
+}

@@ -150,3 +150,37 @@ pub fn summary(ran: &Ran) -> serde_json::Value {
     let last = ran.stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr:\n{}", ran.stderr));
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last}"))
 }
+
+/// Writes a small Parquet file of string, integer and float columns (None = null).
+pub enum Col<'a> {
+    Str(&'a str, Vec<Option<&'a str>>),
+    Int(&'a str, Vec<Option<i64>>),
+    Float(&'a str, Vec<Option<f64>>),
+}
+
+pub fn write_parquet(path: &Path, columns: Vec<Col<'_>>) {
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for column in columns {
+        match column {
+            Col::Str(name, values) => {
+                fields.push(Field::new(name, DataType::Utf8, true));
+                arrays.push(Arc::new(StringArray::from(values)));
+            }
+            Col::Int(name, values) => {
+                fields.push(Field::new(name, DataType::Int64, true));
+                arrays.push(Arc::new(Int64Array::from(values)));
+            }
+            Col::Float(name, values) => {
+                fields.push(Field::new(name, DataType::Float64, true));
+                arrays.push(Arc::new(Float64Array::from(values)));
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}

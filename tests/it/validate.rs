@@ -77,7 +77,7 @@ fn an_unknown_top_level_field_is_reported_with_did_you_mean() {
 #[test]
 fn an_unknown_stage_kind_is_reported_with_the_known_kinds() {
     let ran = validate(&broken("    kind: sql\n    inputs: [features]", "    kind: sqll\n    inputs: [features]"));
-    assert_problems(&ran, &["error: pipeline.yaml:13:11: stage \"summary\": unknown stage kind `sqll`; known kinds: `sql` (did you mean `sql`?)"]);
+    assert_problems(&ran, &["error: pipeline.yaml:13:11: stage \"summary\": unknown stage kind `sqll`; known kinds: `sql`, `clean` (did you mean `sql`?)"]);
 }
 
 #[test]
@@ -167,7 +167,7 @@ outputs:
         "error: pipeline.yaml:6:11: input `orders`: input file not found: data/orders.parquet",
         "error: pipeline.yaml:11:66: stage \"features\": undefined variable `threshold`; defined: `run_date`",
         "error: pipeline.yaml:15:5: stage \"profile\": unknown field `querry`, expected one of `query`, `file`, or a field every stage has: `name`, `kind`, `inputs`, `description` (did you mean `query`?)",
-        "error: pipeline.yaml:17:11: stage \"scores\": unknown stage kind `score`; known kinds: `sql`",
+        "error: pipeline.yaml:17:11: stage \"scores\": unknown stage kind `score`; known kinds: `sql`, `clean`",
         "error: pipeline.yaml:19:11: stage \"left\": cycle between stages: left → right → left",
     ]);
 }
@@ -190,4 +190,17 @@ fn a_query_that_writes_is_refused() {
 fn reading_a_table_that_is_not_an_input_is_refused() {
     let ran = validate(&broken("FROM features GROUP", "FROM customers GROUP"));
     assert_problems(&ran, &["error: pipeline.yaml:15:12: stage \"summary\": the query reads `customers`, which is not among the stage's inputs (`features`); add it to `inputs` so the stage runs after it"]);
+}
+
+#[test]
+fn a_declared_schema_is_checked_against_the_files() {
+    let ran = validate(&broken(
+        "    path: data/customers.parquet\n",
+        "    path: data/customers.parquet\n    schema:\n      customer_id: string\n      regoin: string\n      signup_date: datetime\n",
+    ));
+    assert_problems(&ran, &[
+        "error: pipeline.yaml:8:20: input `customers`: column `customer_id` is declared string but the files hold Int64",
+        "error: pipeline.yaml:9:15: input `customers`: declared column `regoin` is not in the files; they have: `customer_id`, `age_band`, `region`, `signup_date`, `acquisition_channel`, `planted_segment` (did you mean `region`?)",
+        "error: pipeline.yaml:10:20: input `customers`: unknown type `datetime` for column `signup_date`; types are: `string`, `int64`, `int32`, `float64`, `float32`, `bool`, `date`, `timestamp`",
+    ]);
 }

@@ -1,0 +1,170 @@
+//! The clean stage: types, null policies, rules, dedup, rejects with reasons, PII, and the
+//! row accounting rows_in = rows_out + rows_rejected + rows_deduplicated.
+
+use crate::util::{Col, Ran, Sandbox, files_under, read_table, write_parquet};
+
+/// Nine people, each row chosen to exercise one rule (see the comments in the tests).
+fn write_people(sandbox: &Sandbox) {
+    write_parquet(
+        &sandbox.path("data/people.parquet"),
+        vec![
+            Col::Str("id", vec![Some("1"), Some("2"), Some("3"), Some("x"), Some("5"), Some("6"), Some("6"), Some("7"), Some("1")]),
+            Col::Str("email", vec![Some("ann@example.com"), Some("bob@example.com"), Some("cy@example.com"), Some("dee@example.com"), Some("eve@example.com"), Some("fay@example.com"), Some("fay@example.com"), Some("gus@example.com"), Some("ann@example.com")]),
+            Col::Str("age", vec![Some("30"), None, Some("40"), Some("20"), Some("abc"), Some("50"), Some("50"), Some("60"), Some("30")]),
+            Col::Float("score", vec![Some(1.0), Some(2.0), None, Some(4.0), Some(5.0), Some(-1.0), Some(-1.0), Some(3.0), Some(1.0)]),
+            Col::Str("city", vec![Some("oslo"), None, Some("rome"), Some("oslo"), Some("rome"), Some("oslo"), Some("oslo"), None, Some("oslo")]),
+            Col::Int("updated", vec![Some(1), Some(2), Some(3), Some(4), Some(5), Some(6), Some(6), Some(7), Some(1)]),
+        ],
+    );
+}
+
+fn pipeline(clean: &str) -> String {
+    format!(
+        "name: people\noutput_root: out\ninputs:\n  raw_people:\n    path: data/people.parquet\nstages:\n  - name: people\n    kind: clean\n    inputs: [raw_people]\n{clean}\
+         outputs:\n  people: {{partition_by: none, sort_by: [id]}}\n  rejects: {{from: people_rejects, partition_by: none}}\n  data_quality: {{from: people_data_quality, partition_by: none}}\n"
+    )
+}
+
+const POLICIES: &str = "    columns:
+      id: { type: int64, nulls: reject }
+      age: { type: int64, nulls: median }
+      score: { type: float64, nulls: { fill: 0 } }
+      city: { type: string, nulls: mode }
+      email: { type: string, pii: hash }
+    pii_key_env: PEOPLE_KEY
+    rules:
+      non_negative_score: score >= 0
+    dedup:
+      exact: true
+";
+
+fn run(sandbox: &Sandbox, clean: &str, env_key: bool) -> Ran {
+    write_people(sandbox);
+    sandbox.write("pipeline.yaml", &pipeline(clean));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segflow"));
+    command.args(["run", "pipeline.yaml", "--run-id", "r1"]).current_dir(sandbox.root()).env_remove("SEGFLOW_LOG");
+    if env_key {
+        command.env("PEOPLE_KEY", "k3y");
+    } else {
+        command.env_remove("PEOPLE_KEY");
+    }
+    command.output().unwrap().into()
+}
+
+#[test]
+fn types_null_policies_rules_and_exact_dedup_account_for_every_row() {
+    let sandbox = Sandbox::new();
+    let ran = run(&sandbox, POLICIES, true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    // Kept: 1, 2 (age → 40, the median of the seven ages that cast: 20 30 30 40 50 50 60;
+    // city → "oslo", the most frequent), 3 (score → 0),
+    // 7 (city → "oslo"). Row 9 repeats row 1 exactly and is deduplicated.
+    let people = read_table(&sandbox.path("out/people"), "id");
+    assert_eq!(
+        people.lines().filter(|l| l.starts_with("| ")).skip(1).map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            format!("{} {} {} {} {}", cells[1], cells[3], cells[4], cells[5], cells[6])
+        }).collect::<Vec<_>>(),
+        vec!["1 30 1.0 oslo 1", "2 40 2.0 oslo 2", "3 40 0.0 rome 3", "7 60 3.0 oslo 7"],
+        "{people}"
+    );
+    // Rejected, with the first reason that applies: a failed cast, then the rule.
+    let rejects = read_table(&sandbox.path("out/rejects"), "_reject_reason, id");
+    let reasons: Vec<String> = rejects.lines().filter(|l| l.starts_with("| ")).skip(1).map(|l| {
+        let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+        format!("{} {} {}", cells[1], cells[7], cells[8])
+    }).collect();
+    assert_eq!(reasons, vec!["5 cast_failed:age people", "x cast_failed:id people", "6 non_negative_score people", "6 non_negative_score people"], "{rejects}");
+    // Rejects keep the original values as read: the age that failed to cast is still "abc".
+    assert!(rejects.contains("| abc "), "{rejects}");
+    let quality = read_table(&sandbox.path("out/data_quality"), "metric");
+    let metrics: Vec<String> = quality.lines().filter(|l| l.starts_with("| ")).skip(1).map(|l| {
+        let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+        format!("{} {} = {}", cells[1], cells[3], cells[4])
+    }).collect();
+    assert_eq!(
+        metrics,
+        vec![
+            "people rejected:cast_failed:age = 1",
+            "people rejected:cast_failed:id = 1",
+            "people rejected:non_negative_score = 2",
+            "people rows_deduplicated = 1",
+            "people rows_in = 9",
+            "people rows_out = 4",
+            "people rows_rejected = 4",
+        ],
+        "{quality}"
+    );
+}
+
+#[test]
+fn a_declared_pii_column_never_reaches_any_output_in_clear() {
+    let sandbox = Sandbox::new();
+    let ran = run(&sandbox, POLICIES, true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let files = files_under(&sandbox.path("out"));
+    assert!(files.iter().any(|f| f.ends_with(".parquet")), "{files:?}");
+    for file in files.iter().filter(|f| f.ends_with(".parquet")) {
+        let bytes = std::fs::read(sandbox.path("out").join(file)).unwrap();
+        for clear in ["ann@example.com", "fay@example.com", "@example.com"] {
+            assert!(!bytes.windows(clear.len()).any(|w| w == clear.as_bytes()), "{clear} in clear in {file}");
+        }
+    }
+    // Hashed with the key: HMAC-SHA256("k3y", "ann@example.com"), in both outputs.
+    let people = read_table(&sandbox.path("out/people"), "id");
+    assert!(people.contains(&segflow_hmac("k3y", "ann@example.com")), "{people}");
+}
+
+fn segflow_hmac(key: &str, value: &str) -> String {
+    segflow::stage::clean::hmac_sha256(key.as_bytes(), value.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_dropped_pii_column_is_removed_before_anything_is_written() {
+    let sandbox = Sandbox::new();
+    let ran = run(&sandbox, &POLICIES.replace("email: { type: string, pii: hash }", "email: { pii: drop }"), true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(!read_table(&sandbox.path("out/people"), "id").contains("email"));
+    assert!(!read_table(&sandbox.path("out/rejects"), "id").contains("email"));
+}
+
+#[test]
+fn an_unset_pii_key_fails_the_run_clearly_and_writes_nothing() {
+    let sandbox = Sandbox::new();
+    let ran = run(&sandbox, POLICIES, false);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(ran.stderr.contains("the PII key variable `PEOPLE_KEY` is not set"), "{}", ran.stderr);
+    assert!(!sandbox.path("out/people").exists());
+}
+
+#[test]
+fn key_dedup_keeps_the_latest_or_the_earliest_row_per_key() {
+    let sandbox = Sandbox::new();
+    let latest = "    columns:\n      id: { type: int64, nulls: reject }\n    dedup:\n      key: [city]\n      keep: latest\n      order_by: updated\n";
+    let ran = run(&sandbox, latest, true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let people = read_table(&sandbox.path("out/people"), "id");
+    // Per city (oslo, rome, null), the row with the highest `updated`; the "x" id is rejected.
+    assert!(people.contains("| 7  |") && people.contains("| 6  |") && people.contains("| 5  |"), "{people}");
+    assert_eq!(people.lines().filter(|l| l.starts_with("| ")).count(), 1 + 3, "{people}");
+
+    let earliest = latest.replace("keep: latest", "keep: earliest");
+    let ran = run(&sandbox, &earliest, true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let people = read_table(&sandbox.path("out/people"), "id");
+    assert!(people.contains("| 1  |") && people.contains("| 2  |") && people.contains("| 3  |"), "{people}");
+}
+
+#[test]
+fn clean_stage_mistakes_are_reported_by_validate() {
+    let sandbox = Sandbox::new();
+    write_people(&sandbox);
+    sandbox.write(
+        "pipeline.yaml",
+        &pipeline("    columns:\n      idd: { type: int64 }\n      age: { type: integer }\n    dedup:\n      key: [id]\n"),
+    );
+    let ran = sandbox.segflow(&["validate", "pipeline.yaml"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("unknown type `integer` for column `age`"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("dedup by `key` needs `order_by`"), "{}", ran.stderr);
+}
