@@ -172,6 +172,14 @@ fn online_retail_features_cover_the_4372_customers_with_an_id() {
     assert!(table.contains("| 12346       |"), "{table}");
     assert!(table.contains("| 1         | 77183.6  |"), "{table}");
     assert!(table.contains("| 0.5               |"), "{table}");
+    // Every one of the 541,909 published lines is accounted for: the 135,080 without a
+    // customer are rejected (the negative prices and non-cancellation negative quantities are
+    // all among them), and 5,225 of the 5,268 exact duplicates remain among the attributable
+    // lines and are removed.
+    let quality = read_table(&out.path().join("data_quality/run_date=2011-12-10"), "metric");
+    for (metric, value) in [("rejected:null:CustomerID", 135_080), ("rows_deduplicated", 5_225), ("rows_in", 541_909), ("rows_out", 401_604), ("rows_rejected", 135_080)] {
+        assert!(quality.lines().any(|l| l.contains(&format!("| {metric} ")) && l.contains(&format!("| {value} "))), "{metric} = {value}\n{quality}");
+    }
 }
 
 #[test]
