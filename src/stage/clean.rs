@@ -62,6 +62,160 @@ struct CleanParams {
     /// The environment variable holding the HMAC key for `pii: hash` columns.
     #[serde(default)]
     pii_key_env: Option<At<String>>,
+    /// Data tests on the clean rows, in dbt's spirit.
+    #[serde(default)]
+    tests: Vec<At<DataTest>>,
+}
+
+/// A data test: what must hold of the clean rows, how bad a failure is, and from how many
+/// failing rows on it counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum DataTest {
+    NotNull {
+        column: String,
+        #[serde(default)]
+        severity: Severity,
+        #[serde(default)]
+        error_if: Option<String>,
+    },
+    Unique {
+        columns: Vec<String>,
+        #[serde(default)]
+        severity: Severity,
+        #[serde(default)]
+        error_if: Option<String>,
+    },
+    AcceptedValues {
+        column: String,
+        values: Vec<String>,
+        #[serde(default)]
+        severity: Severity,
+        #[serde(default)]
+        error_if: Option<String>,
+    },
+    Range {
+        column: String,
+        #[serde(default)]
+        min: Option<f64>,
+        #[serde(default)]
+        max: Option<f64>,
+        #[serde(default)]
+        severity: Severity,
+        #[serde(default)]
+        error_if: Option<String>,
+    },
+    RowCount {
+        #[serde(default)]
+        min: Option<u64>,
+        #[serde(default)]
+        max: Option<u64>,
+        #[serde(default)]
+        severity: Severity,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum Severity {
+    /// A failure fails the run (exit code 1).
+    #[default]
+    Error,
+    /// A failure is logged and recorded; the run goes on.
+    Warn,
+}
+
+/// `error_if: ">100"`: the test fails when its failing-row count is above 100. Default `>0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Threshold {
+    inclusive: bool,
+    limit: i64,
+}
+
+impl Threshold {
+    fn parse(text: Option<&str>) -> Result<Threshold, String> {
+        let Some(text) = text else { return Ok(Threshold { inclusive: false, limit: 0 }) };
+        let trimmed = text.trim();
+        let (inclusive, number) = match trimmed.strip_prefix(">=") {
+            Some(rest) => (true, rest),
+            None => match trimmed.strip_prefix('>') {
+                Some(rest) => (false, rest),
+                None => return Err(format!("`error_if: {text}` is not a threshold; write \">N\" or \">=N\"")),
+            },
+        };
+        let limit = number.trim().parse::<i64>().map_err(|_| format!("`error_if: {text}`: `{}` is not a whole number", number.trim()))?;
+        Ok(Threshold { inclusive, limit })
+    }
+
+    fn breached(&self, failing: i64) -> bool {
+        if self.inclusive { failing >= self.limit } else { failing > self.limit }
+    }
+}
+
+impl DataTest {
+    fn name(&self) -> String {
+        match self {
+            DataTest::NotNull { column, .. } => format!("not_null:{column}"),
+            DataTest::Unique { columns, .. } => format!("unique:{}", columns.join("+")),
+            DataTest::AcceptedValues { column, .. } => format!("accepted_values:{column}"),
+            DataTest::Range { column, .. } => format!("range:{column}"),
+            DataTest::RowCount { .. } => "row_count".to_string(),
+        }
+    }
+
+    fn severity(&self) -> Severity {
+        match self {
+            DataTest::NotNull { severity, .. }
+            | DataTest::Unique { severity, .. }
+            | DataTest::AcceptedValues { severity, .. }
+            | DataTest::Range { severity, .. }
+            | DataTest::RowCount { severity, .. } => *severity,
+        }
+    }
+
+    fn error_if(&self) -> Option<&str> {
+        match self {
+            DataTest::NotNull { error_if, .. } | DataTest::Unique { error_if, .. } | DataTest::AcceptedValues { error_if, .. } | DataTest::Range { error_if, .. } => {
+                error_if.as_deref()
+            }
+            DataTest::RowCount { .. } => None,
+        }
+    }
+
+    fn columns(&self) -> Vec<&str> {
+        match self {
+            DataTest::NotNull { column, .. } | DataTest::AcceptedValues { column, .. } | DataTest::Range { column, .. } => vec![column.as_str()],
+            DataTest::Unique { columns, .. } => columns.iter().map(String::as_str).collect(),
+            DataTest::RowCount { .. } => Vec::new(),
+        }
+    }
+
+    /// The condition a failing row meets, over table `t`.
+    fn failing_rows_sql(&self, table: &str) -> Option<String> {
+        let q = |c: &str| quote_ident(c);
+        let condition = match self {
+            DataTest::NotNull { column, .. } => format!("{} IS NULL", q(column)),
+            DataTest::AcceptedValues { column, values, .. } => {
+                let list: Vec<String> = values.iter().map(|v| literal(&ScalarValue::Utf8(Some(v.clone())))).collect();
+                format!("{} IS NOT NULL AND CAST({} AS VARCHAR) NOT IN ({})", q(column), q(column), list.join(", "))
+            }
+            DataTest::Range { column, min, max, .. } => {
+                let mut parts = Vec::new();
+                if let Some(min) = min {
+                    parts.push(format!("{} < {min:?}", q(column)));
+                }
+                if let Some(max) = max {
+                    parts.push(format!("{} > {max:?}", q(column)));
+                }
+                if parts.is_empty() {
+                    return None;
+                }
+                parts.join(" OR ")
+            }
+            DataTest::Unique { .. } | DataTest::RowCount { .. } => return None,
+        };
+        Some(format!("SELECT * FROM {table} WHERE {condition}"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +321,7 @@ struct CleanStage {
     rules: Vec<(String, String)>,
     dedup: Option<DedupSpec>,
     pii_key_env: Option<String>,
+    tests: Vec<(DataTest, Threshold)>,
 }
 
 impl StageKind for CleanKind {
@@ -211,6 +366,16 @@ impl StageKind for CleanKind {
                 problems.push(StageProblem { file: None, pos: dedup.key.first().map(|k| k.pos), message: "dedup by `key` needs `order_by`: the column that decides which row is the latest".to_string(), suggestion: None });
             }
         }
+        let mut tests = Vec::new();
+        for test in params.tests {
+            match Threshold::parse(test.value.error_if()) {
+                Ok(threshold) => tests.push((test.value.clone(), threshold)),
+                Err(message) => problems.push(StageProblem::at(test.pos, message)),
+            }
+            if let DataTest::Range { min: None, max: None, .. } = &test.value {
+                problems.push(StageProblem::at(test.pos, "a range test needs `min`, `max` or both"));
+            }
+        }
         let needs_key = columns.iter().any(|c| c.pii == Some(Pii::Hash));
         if needs_key && params.pii_key_env.is_none() {
             problems.push(StageProblem { file: None, pos: None, message: "a `pii: hash` column needs `pii_key_env`: the environment variable holding the HMAC key".to_string(), suggestion: None });
@@ -224,6 +389,7 @@ impl StageKind for CleanKind {
             rules,
             dedup: params.dedup,
             pii_key_env: params.pii_key_env.map(|k| k.value),
+            tests,
         }))
     }
 }
@@ -453,6 +619,11 @@ impl Stage for CleanStage {
                 check(o, "dedup order_by");
             }
         }
+        for (test, _) in &self.tests {
+            for column in test.columns() {
+                check(column, "tested column");
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -539,6 +710,7 @@ impl Stage for CleanStage {
             metrics.insert(format!("rejected:{reason}"), *n);
         }
         tracing::info!(stage = ctx.stage_name, rows_in, rows_out, rows_rejected, rows_deduplicated, "clean stage accounted for every row");
+        self.run_tests(ctx, &clean, rows_out, &mut metrics).await?;
 
         let quality = quality_frame(session, ctx, &metrics).await?;
         Ok((
@@ -553,6 +725,70 @@ impl Stage for CleanStage {
 }
 
 impl CleanStage {
+    /// Runs the data tests on the clean rows. Every outcome is recorded as the metric
+    /// `test:<name>` (failing rows); an error-severity failure fails the stage.
+    async fn run_tests(&self, ctx: &StageContext<'_>, clean: &DataFrame, rows_out: i64, metrics: &mut StageMetrics) -> Result<(), StageFailure> {
+        if self.tests.is_empty() {
+            return Ok(());
+        }
+        let session = ctx.session;
+        let table = self.table(ctx, "clean");
+        session.register_table(table.as_str(), clean.clone().into_view())?;
+        let table_q = quote_ident(&table);
+        // Sample keys name the failing rows: the dedup key if there is one, else the first column.
+        let key_columns: Vec<String> = match self.dedup.as_ref().filter(|d| !d.key.is_empty()) {
+            Some(d) => d.key.iter().map(|k| k.value.clone()).collect(),
+            None => clean.schema().fields().first().map(|f| vec![f.name().clone()]).unwrap_or_default(),
+        };
+        let mut failures = Vec::new();
+        for (test, threshold) in &self.tests {
+            let (failing, sample_sql) = match test {
+                DataTest::RowCount { min, max, .. } => {
+                    let outside = min.is_some_and(|m| rows_out < m as i64) || max.is_some_and(|m| rows_out > m as i64);
+                    (i64::from(outside), None)
+                }
+                DataTest::Unique { columns, .. } => {
+                    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+                    let groups = format!("SELECT {cols}, COUNT(*) AS __n FROM {table_q} GROUP BY {cols} HAVING COUNT(*) > 1", cols = cols.join(", "));
+                    let failing = count(session, &format!("SELECT CAST(COALESCE(SUM(__n), 0) AS BIGINT) FROM ({groups})")).await?;
+                    (failing, Some(format!("SELECT {cols} FROM ({groups}) ORDER BY {cols} LIMIT 5", cols = cols.join(", "))))
+                }
+                other => {
+                    let Some(rows) = other.failing_rows_sql(&table_q) else { continue };
+                    let failing = count(session, &format!("SELECT COUNT(*) FROM ({rows})")).await?;
+                    let keys: Vec<String> = key_columns.iter().map(|c| quote_ident(c)).collect();
+                    (failing, Some(format!("SELECT {keys} FROM ({rows}) ORDER BY {keys} LIMIT 5", keys = keys.join(", "))))
+                }
+            };
+            let name = test.name();
+            metrics.insert(format!("test:{name}"), failing);
+            // row_count fails on the condition itself, whatever the threshold says.
+            let failed = match test {
+                DataTest::RowCount { .. } => failing > 0,
+                _ => threshold.breached(failing),
+            };
+            if !failed {
+                continue;
+            }
+            let sample = match sample_sql {
+                Some(sql) if failing > 0 => sample_keys(session, &sql).await?,
+                _ => String::new(),
+            };
+            let what = match test {
+                DataTest::RowCount { min, max, .. } => format!("{rows_out} rows, expected {}", bounds(min.map(|m| m as f64), max.map(|m| m as f64))),
+                _ => format!("{failing} failing rows{sample}"),
+            };
+            let columns = test.columns();
+            let on = if columns.is_empty() { format!("table `{}`", ctx.stage_name) } else { format!("table `{}` column `{}`", ctx.stage_name, columns.join("`, `")) };
+            let message = format!("data test `{name}` on {on}: {what}");
+            match test.severity() {
+                Severity::Warn => tracing::warn!(stage = ctx.stage_name, "{message} (severity warn: the run goes on)"),
+                Severity::Error => failures.push(message),
+            }
+        }
+        if failures.is_empty() { Ok(()) } else { Err(StageFailure { message: failures.join("; ") }) }
+    }
+
     /// Every original column as read (PII dropped or hashed), and why, where and when.
     fn rejects_sql(&self, names: &[String], classified_q: &str, ctx: &StageContext<'_>) -> String {
         let mut columns = Vec::new();
@@ -609,6 +845,30 @@ impl CleanStage {
         let rejects = session.sql(&self.rejects_sql(names, classified_q, ctx)).await?;
         Ok((clean, rejects))
     }
+}
+
+fn bounds(min: Option<f64>, max: Option<f64>) -> String {
+    match (min, max) {
+        (Some(a), Some(b)) => format!("between {a} and {b}"),
+        (Some(a), None) => format!("at least {a}"),
+        (None, Some(b)) => format!("at most {b}"),
+        (None, None) => "any".to_string(),
+    }
+}
+
+/// ` (sample keys: 1, 2, 3)` from the first column(s) of the rows a query returns.
+async fn sample_keys(session: &SessionContext, sql: &str) -> Result<String, StageFailure> {
+    let batches = session.sql(sql).await?.collect().await?;
+    let mut keys = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let parts: Vec<String> = (0..batch.num_columns())
+                .map(|c| ScalarValue::try_from_array(batch.column(c), row).map(|v| if v.is_null() { "NULL".to_string() } else { v.to_string() }))
+                .collect::<Result<_, _>>()?;
+            keys.push(parts.join("/"));
+        }
+    }
+    Ok(if keys.is_empty() { String::new() } else { format!(" (sample keys: {})", keys.join(", ")) })
 }
 
 async fn quality_frame(session: &SessionContext, ctx: &StageContext<'_>, metrics: &StageMetrics) -> Result<DataFrame, StageFailure> {

@@ -168,3 +168,48 @@ fn clean_stage_mistakes_are_reported_by_validate() {
     assert!(ran.stderr.contains("unknown type `integer` for column `age`"), "{}", ran.stderr);
     assert!(ran.stderr.contains("dedup by `key` needs `order_by`"), "{}", ran.stderr);
 }
+
+const ONLY_IDS: &str = "    columns:\n      id: { type: int64, nulls: reject }\n      city: { type: string }\n      score: { type: float64 }\n    dedup:\n      exact: true\n";
+
+#[test]
+fn an_error_severity_data_test_fails_the_run_naming_test_table_column_count_and_keys() {
+    let sandbox = Sandbox::new();
+    // The clean rows are ids 1, 2, 3, 5, 6, 7 (x is rejected, the second 1 and 6 deduplicated);
+    // ids 2 and 7 have no city.
+    let ran = run(&sandbox, &format!("{ONLY_IDS}    tests:\n      - not_null: {{ column: city }}\n"), true);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("data test `not_null:city` on table `people` column `city`: 2 failing rows (sample keys: 2, 7)"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!sandbox.path("out/people").exists(), "a failed run commits nothing");
+}
+
+#[test]
+fn thresholds_and_warn_severity_record_outcomes_and_let_the_run_go_on() {
+    let sandbox = Sandbox::new();
+    let tests = "    tests:
+      - not_null: { column: city, error_if: \">2\" }
+      - accepted_values: { column: city, values: [oslo], severity: warn }
+      - range: { column: score, min: 0, severity: warn }
+      - unique: { columns: [city], severity: warn }
+      - row_count: { min: 1, max: 10 }
+";
+    let ran = run(&sandbox, &format!("{ONLY_IDS}{tests}"), true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stderr.contains("data test `accepted_values:city` on table `people` column `city`: 2 failing rows (sample keys: 3, 5)"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("data test `range:score` on table `people` column `score`: 1 failing rows (sample keys: 6)"), "{}", ran.stderr);
+    let quality = read_table(&sandbox.path("out/data_quality"), "metric");
+    for (metric, value) in [("test:not_null:city", 2), ("test:accepted_values:city", 2), ("test:range:score", 1), ("test:unique:city", 6), ("test:row_count", 0)] {
+        assert!(quality.lines().any(|l| l.contains(&format!("| {metric} ")) && l.contains(&format!("| {value} "))), "{metric} = {value}\n{quality}");
+    }
+}
+
+#[test]
+fn row_count_fails_outside_its_bounds() {
+    let sandbox = Sandbox::new();
+    let ran = run(&sandbox, &format!("{ONLY_IDS}    tests:\n      - row_count: {{ min: 100 }}\n"), true);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(ran.stderr.contains("data test `row_count` on table `people`: 6 rows, expected at least 100"), "{}", ran.stderr);
+}
