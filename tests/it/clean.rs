@@ -213,3 +213,95 @@ fn row_count_fails_outside_its_bounds() {
     assert_eq!(ran.code, 1, "{}", ran.stderr);
     assert!(ran.stderr.contains("data test `row_count` on table `people`: 6 rows, expected at least 100"), "{}", ran.stderr);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::util::{Col, Sandbox, read_table, write_parquet};
+
+    /// A row of a random messy table: a key (maybe null), a value that may not cast, a time.
+    fn row() -> impl Strategy<Value = (Option<i64>, Option<&'static str>, i64)> {
+        (
+            proptest::option::weighted(0.85, 0..6i64),
+            proptest::option::weighted(0.9, prop_oneof![Just("1"), Just("2"), Just("3"), Just("x")]),
+            0..4i64,
+        )
+    }
+
+    const CLEAN: &str = "    columns:
+      k: { type: int64, nulls: reject }
+      v: { type: int64, nulls: { fill: 0 } }
+    rules:
+      positive_key: k >= 1
+    dedup:
+      exact: true
+      key: [k]
+      keep: latest
+      order_by: t
+";
+
+    fn pipeline(input: &str, clean: &str) -> String {
+        format!(
+            "name: prop\noutput_root: out\ninputs:\n  raw:\n    path: {input}\nstages:\n  - name: cleaned\n    kind: clean\n    inputs: [raw]\n{clean}\
+             outputs:\n  cleaned: {{partition_by: none}}\n  rejects: {{from: cleaned_rejects, partition_by: none}}\n  quality: {{from: cleaned_data_quality, partition_by: none}}\n"
+        )
+    }
+
+    /// The data-quality table as (metric, value) pairs.
+    fn metrics(sandbox: &Sandbox, root: &str) -> std::collections::BTreeMap<String, i64> {
+        let table = read_table(&sandbox.path(&format!("{root}/quality")), "metric");
+        table
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells[3].to_string(), cells[4].parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn data_rows(table: &str) -> Vec<String> {
+        table.lines().filter(|l| l.starts_with("| ")).skip(1).map(str::to_string).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_row_is_accounted_for_keys_are_unique_and_dedup_is_idempotent(rows in proptest::collection::vec(row(), 1..40)) {
+            let sandbox = Sandbox::new();
+            write_parquet(&sandbox.path("data/raw.parquet"), vec![
+                Col::Int("k", rows.iter().map(|r| r.0).collect()),
+                Col::Str("v", rows.iter().map(|r| r.1).collect()),
+                Col::Int("t", rows.iter().map(|r| Some(r.2)).collect()),
+            ]);
+            sandbox.write("pipeline.yaml", &pipeline("data/raw.parquet", CLEAN));
+            let ran = sandbox.segflow(&["run", "pipeline.yaml", "--run-id", "p1"]);
+            prop_assert_eq!(ran.code, 0, "{}", ran.stderr);
+            let m = metrics(&sandbox, "out");
+            prop_assert_eq!(m["rows_in"], rows.len() as i64);
+            prop_assert_eq!(m["rows_in"], m["rows_out"] + m["rows_rejected"] + m["rows_deduplicated"]);
+            let cleaned = read_table(&sandbox.path("out/cleaned"), "k");
+            let rejects = read_table(&sandbox.path("out/rejects"), "k");
+            prop_assert_eq!(data_rows(&cleaned).len() as i64, m["rows_out"]);
+            prop_assert_eq!(data_rows(&rejects).len() as i64, m["rows_rejected"]);
+            // One row per key.
+            let keys: Vec<String> = data_rows(&cleaned).iter().map(|l| l.split('|').nth(1).unwrap().trim().to_string()).collect();
+            let mut unique = keys.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), keys.len(), "{}", cleaned);
+
+            // Cleaning the clean output again changes nothing.
+            let again = pipeline("out/cleaned", CLEAN).replace("output_root: out", "output_root: again");
+            sandbox.write("again.yaml", &again);
+            let ran = sandbox.segflow(&["run", "again.yaml", "--run-id", "p2"]);
+            prop_assert_eq!(ran.code, 0, "{}", ran.stderr);
+            let m2 = metrics(&sandbox, "again");
+            prop_assert_eq!(m2["rows_deduplicated"], 0);
+            prop_assert_eq!(m2["rows_rejected"], 0);
+            prop_assert_eq!(read_table(&sandbox.path("again/cleaned"), "k"), cleaned);
+        }
+    }
+}
