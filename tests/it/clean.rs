@@ -305,3 +305,18 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn under_keep_a_value_that_fails_to_cast_becomes_null_instead_of_a_reject() {
+    let sandbox = Sandbox::new();
+    let keep = "    columns:\n      id: { type: int64, nulls: reject }\n      age: { type: int64, nulls: keep }\n";
+    let ran = run(&sandbox, keep, true);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let quality = read_table(&sandbox.path("out/data_quality"), "metric");
+    // Only the id "x" is rejected; the age "abc" (id 5) is kept as null.
+    assert!(quality.contains("| rejected:cast_failed:id |"), "{quality}");
+    assert!(!quality.contains("cast_failed:age"), "{quality}");
+    let people = read_table(&sandbox.path("out/people"), "id");
+    let row5 = people.lines().find(|l| l.starts_with("| 5 ")).expect("id 5 is kept");
+    assert_eq!(row5.split('|').nth(3).unwrap().trim(), "", "{people}");
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Clean + dedup on generated transaction lines, segflow side by side with polars (Python),
+# same file, same operations, one run. Prints both wall times, peak RSS and the ratios.
+#
+#   benches/clean_vs_polars.sh [CUSTOMERS]        # default 270000 customers ≈ 10M lines
+#
+# SEGFLOW_BIN picks the binary (default: a `cargo build --release` one). The polars side runs
+# in a venv made here under ${SEGFLOW_CACHE:-$HOME/.cache/segflow}/venv-polars.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+customers=${1:-270000}
+cache=${SEGFLOW_CACHE:-$HOME/.cache/segflow}
+work=$cache/bench-clean-$customers
+mkdir -p "$work"
+
+if [ -z "${SEGFLOW_BIN:-}" ]; then
+    (cd "$repo" && cargo build --release --quiet)
+    SEGFLOW_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/segflow
+fi
+if [ ! -d "$cache/venv-polars" ]; then
+    python3 -m venv "$cache/venv-polars"
+    "$cache/venv-polars/bin/pip" install --quiet polars
+fi
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+
+if [ ! -d "$work/data/transactions" ]; then
+    "$SEGFLOW_BIN" demo-data "$work/data" --customers "$customers" --seed 7 2>/dev/null
+fi
+cat > "$work/clean.yaml" <<YAML
+name: clean_bench
+output_root: out
+inputs:
+  raw_transactions: { path: data/transactions }
+stages:
+  - name: transactions
+    kind: clean
+    inputs: [raw_transactions]
+    columns:
+      invoice: { type: string, nulls: reject }
+      customer_id: { type: int64, nulls: reject }
+      invoice_ts: { type: timestamp, nulls: reject }
+      quantity: { type: int64, nulls: reject }
+      unit_price: { type: float64, nulls: reject }
+      category: { type: string, nulls: { fill: unknown } }
+    rules:
+      nonzero_quantity: quantity <> 0
+      positive_price: unit_price > 0
+      cancellation_is_negative: NOT starts_with(invoice, 'C') OR quantity < 0
+    dedup:
+      exact: true
+outputs:
+  transactions: { partition_by: none }
+  rejects: { from: transactions_rejects, partition_by: none }
+  data_quality: { from: transactions_data_quality, partition_by: none }
+YAML
+
+measure() { # label, command...
+    local label=$1; shift
+    local log=$work/$label.time
+    local start end
+    start=$(date +%s.%N)
+    /usr/bin/time -v "$@" > "$work/$label.out" 2> "$log"
+    end=$(date +%s.%N)
+    local rss
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+    echo "$label $(echo "$end - $start" | bc) $rss"
+}
+
+rows=$(find "$work/data/transactions" -name '*.parquet' -exec "$cache/venv-polars/bin/python" -c 'import sys, polars as pl; print(sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in sys.argv[1:]))' {} +)
+echo "clean + dedup on $rows generated lines ($customers customers), $(nproc) cores, $(date -u +%Y-%m-%d)"
+seg=$(cd "$work" && measure segflow "$SEGFLOW_BIN" run clean.yaml --run-id bench)
+pol=$(cd "$work" && measure polars "$cache/venv-polars/bin/python" "$here/reference/clean_polars.py" data/transactions out-polars)
+grep -h '"rows_in"\|accounted' "$work/segflow.time" | tail -1 || true
+cat "$work/polars.out"
+read -r _ seg_s seg_kb <<<"$seg"
+read -r _ pol_s pol_kb <<<"$pol"
+printf '%-8s %8s s %8s MiB\n' segflow "$seg_s" "$((seg_kb / 1024))" polars "$pol_s" "$((pol_kb / 1024))"
+echo "wall time segflow/polars: $(echo "scale=2; $seg_s / $pol_s" | bc)   peak RSS segflow/polars: $(echo "scale=2; $seg_kb / $pol_kb" | bc)"
