@@ -64,7 +64,7 @@ measure() { # label, command...
     end=$(date +%s.%N)
     local rss
     rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
-    echo "$label $(echo "$end - $start" | bc) $rss"
+    echo "$label $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }') $rss"
 }
 
 rows=$(find "$work/data/transactions" -name '*.parquet' -exec "$cache/venv-polars/bin/python" -c 'import sys, polars as pl; print(sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in sys.argv[1:]))' {} +)
@@ -76,4 +76,5 @@ cat "$work/polars.out"
 read -r _ seg_s seg_kb <<<"$seg"
 read -r _ pol_s pol_kb <<<"$pol"
 printf '%-8s %8s s %8s MiB\n' segflow "$seg_s" "$((seg_kb / 1024))" polars "$pol_s" "$((pol_kb / 1024))"
-echo "wall time segflow/polars: $(echo "scale=2; $seg_s / $pol_s" | bc)   peak RSS segflow/polars: $(echo "scale=2; $seg_kb / $pol_kb" | bc)"
+awk -v a="$seg_s" -v b="$pol_s" -v c="$seg_kb" -v d="$pol_kb" \
+    'BEGIN { printf "wall time segflow/polars: %.2f (throughput %.2fx)   peak RSS segflow/polars: %.2f\n", a / b, b / a, c / d }'
