@@ -426,7 +426,7 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
                 diagnostics.push(Diagnostic::new(
                     &shown,
                     Some(input.pos),
-                    format!("input `{}` cannot be read as Parquet: {}", input.name, engine::describe_datafusion_error(&e)),
+                    format!("input `{}` cannot be read as Parquet: {}", input.name, engine::describe_datafusion_error(&e).trim_end_matches('.')),
                 ));
             }
         }

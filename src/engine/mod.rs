@@ -138,13 +138,13 @@ pub async fn register_parquet(ctx: &SessionContext, name: &str, location: &Input
 /// A DataFusion error as a user reads it: the root cause, without the internal layers.
 pub fn describe_datafusion_error(e: &DataFusionError) -> String {
     let root = e.find_root();
-    let text = root.to_string();
-    // DataFusion prefixes its messages with the error class ("Error during planning: …");
-    // the class helps nobody who is fixing a pipeline.
-    for prefix in ["Error during planning: ", "Schema error: ", "SQL error: ", "Execution error: ", "Arrow error: ", "External error: "] {
-        if let Some(rest) = text.strip_prefix(prefix) {
-            return rest.to_string();
-        }
+    let mut text = root.to_string();
+    // DataFusion prefixes its messages with the error class ("Error during planning: …"),
+    // sometimes twice; the class helps nobody who is fixing a pipeline.
+    const PREFIXES: &[&str] =
+        &["Error during planning: ", "Schema error: ", "SQL error: ", "Execution error: ", "Arrow error: ", "External error: ", "Parquet error: "];
+    while let Some(rest) = PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
+        text = rest.to_string();
     }
     text
 }

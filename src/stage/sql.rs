@@ -181,10 +181,14 @@ impl SqlStage {
                 quoted_list(self.inputs.iter().map(String::as_str))
             );
         }
-        let span = diagnostic.and_then(|d| d.span).filter(|s| s.start.line > 0);
-        match span {
-            Some(span) => {
-                let mut p = self.origin.problem(span.start.line as u32, span.start.column as u32, message);
+        let mut span_at = diagnostic.and_then(|d| d.span).filter(|s| s.start.line > 0).map(|s| (s.start.line as u32, s.start.column as u32));
+        if let Some((syntax, line, column)) = syntax_error(&message) {
+            message = format!("SQL syntax error: {syntax}");
+            span_at = Some((line, column));
+        }
+        match span_at {
+            Some((line, column)) => {
+                let mut p = self.origin.problem(line, column, message);
                 p.suggestion = suggestion;
                 p
             }
@@ -261,6 +265,16 @@ fn is_query(plan: &LogicalPlan) -> bool {
     !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) | LogicalPlan::DescribeTable(_) | LogicalPlan::Explain(_))
 }
 
+/// sqlparser's `ParserError("Expected: X, found: Y at Line: 3, Column: 7")` as
+/// ("expected X, found Y", 3, 7).
+fn syntax_error(message: &str) -> Option<(String, u32, u32)> {
+    let inner = message.strip_prefix("ParserError(\"")?.strip_suffix("\")")?;
+    let (text, place) = inner.rsplit_once(" at Line: ")?;
+    let (line, column) = place.split_once(", Column: ")?;
+    let text = text.replacen("Expected: ", "expected ", 1).replacen(", found: ", ", found ", 1);
+    Some((text, line.trim().parse().ok()?, column.trim().parse().ok()?))
+}
+
 /// The column DataFusion could not find, and the unqualified names it could have been.
 fn unknown_column(err: &DataFusionError) -> Option<(String, Vec<String>)> {
     use datafusion::common::SchemaError;
@@ -305,6 +319,14 @@ mod tests {
     fn plain_inline_sql_positions_start_at_the_scalar() {
         let origin = inline_origin("query: SELECT x FROM t\n", Pos { line: 1, column: 8 });
         assert_eq!(origin.locate(1, 8).1, Pos { line: 1, column: 15 });
+    }
+
+    #[test]
+    fn a_parser_error_becomes_a_located_syntax_error() {
+        assert_eq!(
+            syntax_error("ParserError(\"Expected: an SQL statement, found: SELEC at Line: 2, Column: 5\")"),
+            Some(("expected an SQL statement, found SELEC".to_string(), 2, 5))
+        );
     }
 
     #[test]

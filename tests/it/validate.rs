@@ -204,3 +204,18 @@ fn a_declared_schema_is_checked_against_the_files() {
         "error: pipeline.yaml:10:20: input `customers`: unknown type `datetime` for column `signup_date`; types are: `string`, `int64`, `int32`, `float64`, `float32`, `bool`, `date`, `timestamp`",
     ]);
 }
+
+#[test]
+fn a_sql_syntax_error_is_reported_where_it_is() {
+    let ran = validate(&broken("SELECT region, COUNT(*) AS n FROM features GROUP BY region", "SELEC region FROM features"));
+    assert_problems(&ran, &["error: pipeline.yaml:15:12: stage \"summary\": SQL syntax error: expected an SQL statement, found SELEC"]);
+}
+
+#[test]
+fn a_file_that_is_not_parquet_is_reported_at_its_input() {
+    let sandbox = Sandbox::new();
+    sandbox.write("data/customers.parquet", "name,region\nann,north\n");
+    sandbox.write("pipeline.yaml", VALID);
+    let ran = sandbox.segflow(&["validate", "pipeline.yaml"]);
+    assert_problems(&ran, &["error: pipeline.yaml:5:3: input `customers` cannot be read as Parquet: Invalid Parquet file. Corrupt footer"]);
+}
