@@ -146,7 +146,7 @@ async fn execute_stages(
                 .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.to_string() })?;
         }
         let seconds = round_ms(started.elapsed().as_secs_f64());
-        tracing::info!(stage = %planned.name, seconds, "stage planned");
+        tracing::info!(stage = %planned.name, seconds, "stage ready");
         summaries.push(StageSummary { name: planned.name.clone(), kind: planned.kind.to_string(), seconds, metrics });
     }
     let mut staged = Vec::new();
