@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::empty::EmptyTable;
 
 use crate::config::yaml::{At, Pos, did_you_mean, quoted_list};
@@ -481,24 +481,6 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
     diagnostics.into_result(plan)
 }
 
-/// The declared types a file's column may have, by the name a pipeline declares.
-fn accepts(type_name: &str, actual: &DataType) -> Option<bool> {
-    let ok = match type_name {
-        "string" => matches!(actual, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
-        "int64" => *actual == DataType::Int64,
-        "int32" => *actual == DataType::Int32,
-        "float64" | "double" => *actual == DataType::Float64,
-        "float32" => *actual == DataType::Float32,
-        "bool" | "boolean" => *actual == DataType::Boolean,
-        "date" => matches!(actual, DataType::Date32 | DataType::Date64),
-        "timestamp" => matches!(actual, DataType::Timestamp(_, _)),
-        _ => return None,
-    };
-    Some(ok)
-}
-
-const TYPE_NAMES: &[&str] = &["string", "int64", "int32", "float64", "float32", "bool", "date", "timestamp"];
-
 fn check_declared_schema(schema: &Schema, declared: &[DeclaredColumn]) -> Vec<(Pos, String, Option<String>)> {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut problems = Vec::new();
@@ -511,14 +493,13 @@ fn check_declared_schema(schema: &Schema, declared: &[DeclaredColumn]) -> Vec<(P
             ));
             continue;
         };
-        match accepts(&column.type_name, field.data_type()) {
+        match engine::declared_type_holds(&column.type_name, field.data_type()) {
             Some(true) => {}
             Some(false) => problems.push((column.pos, format!("column `{}` is declared {} but the files hold {}", column.name, column.type_name, field.data_type()), None)),
-            None => problems.push((
-                column.pos,
-                format!("unknown type `{}` for column `{}`; types are: {}", column.type_name, column.name, quoted_list(TYPE_NAMES.iter().copied())),
-                did_you_mean(&column.type_name, TYPE_NAMES.iter().copied()),
-            )),
+            None => {
+                let (message, suggestion) = engine::unknown_type(&column.type_name, &column.name);
+                problems.push((column.pos, message, suggestion));
+            }
         }
     }
     problems

@@ -135,6 +135,45 @@ pub async fn register_parquet(ctx: &SessionContext, name: &str, location: &Input
     Ok(schema)
 }
 
+/// The type names a pipeline declares columns with (an input's `schema`, a clean stage's
+/// `type`), for messages and suggestions.
+pub const TYPE_NAMES: &[&str] = &["string", "int64", "int32", "float64", "float32", "bool", "date", "timestamp"];
+
+/// The Arrow type a declared type name stands for (`double` and `boolean` are accepted too).
+pub fn declared_type(name: &str) -> Option<DataType> {
+    Some(match name {
+        "string" => DataType::Utf8,
+        "int64" => DataType::Int64,
+        "int32" => DataType::Int32,
+        "float64" | "double" => DataType::Float64,
+        "float32" => DataType::Float32,
+        "bool" | "boolean" => DataType::Boolean,
+        "date" => DataType::Date32,
+        "timestamp" => DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+        _ => return None,
+    })
+}
+
+/// Whether a file's column of type `actual` satisfies the declared `type_name`: strings in any
+/// layout, dates of either width and timestamps of any unit count. `None`: unknown name.
+pub fn declared_type_holds(type_name: &str, actual: &DataType) -> Option<bool> {
+    let holds = match declared_type(type_name)? {
+        DataType::Utf8 => matches!(actual, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        DataType::Date32 => matches!(actual, DataType::Date32 | DataType::Date64),
+        DataType::Timestamp(_, _) => matches!(actual, DataType::Timestamp(_, _)),
+        expected => *actual == expected,
+    };
+    Some(holds)
+}
+
+/// "unknown type `x` for column `c`; types are: …" and the closest valid name.
+pub fn unknown_type(type_name: &str, column: &str) -> (String, Option<String>) {
+    (
+        format!("unknown type `{type_name}` for column `{column}`; types are: {}", crate::config::yaml::quoted_list(TYPE_NAMES.iter().copied())),
+        crate::config::yaml::did_you_mean(type_name, TYPE_NAMES.iter().copied()),
+    )
+}
+
 /// A DataFusion error as a user reads it: the root cause, without the internal layers.
 pub fn describe_datafusion_error(e: &DataFusionError) -> String {
     let root = e.find_root();

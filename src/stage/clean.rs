@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -43,7 +43,7 @@ use serde::Deserialize;
 
 use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, from_node, quoted_list};
-use crate::engine::describe_datafusion_error;
+use crate::engine::{declared_type, describe_datafusion_error, unknown_type};
 
 pub struct CleanKind;
 
@@ -290,28 +290,23 @@ enum Keep {
     Earliest,
 }
 
-fn data_type(name: &str) -> Option<DataType> {
-    Some(match name {
-        "string" => DataType::Utf8,
-        "int64" => DataType::Int64,
-        "int32" => DataType::Int32,
-        "float64" | "double" => DataType::Float64,
-        "float32" => DataType::Float32,
-        "bool" | "boolean" => DataType::Boolean,
-        "date" => DataType::Date32,
-        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
-        _ => return None,
-    })
-}
-
-const TYPE_NAMES: &[&str] = &["string", "int64", "int32", "float64", "float32", "bool", "date", "timestamp"];
-
 #[derive(Debug, Clone)]
 struct Column {
     name: String,
     data_type: Option<DataType>,
     nulls: NullPolicy,
     pii: Option<Pii>,
+}
+
+impl Column {
+    /// The column read as its declared type; a value that does not cast becomes NULL.
+    fn cast_sql(&self) -> String {
+        let q = quote_ident(&self.name);
+        match &self.data_type {
+            Some(dt) => format!("TRY_CAST({q} AS {})", sql_type(dt)),
+            None => q,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -339,15 +334,11 @@ impl StageKind for CleanKind {
         let mut columns = Vec::new();
         for (name, spec) in params.columns.map(|c| c.0).unwrap_or_default() {
             let data_type = match &spec.data_type {
-                Some(t) => match data_type(&t.value) {
+                Some(t) => match declared_type(&t.value) {
                     Some(dt) => Some(dt),
                     None => {
-                        problems.push(StageProblem {
-                            file: None,
-                            pos: Some(t.pos),
-                            message: format!("unknown type `{}` for column `{}`; types are: {}", t.value, name.value, quoted_list(TYPE_NAMES.iter().copied())),
-                            suggestion: crate::config::yaml::did_you_mean(&t.value, TYPE_NAMES.iter().copied()),
-                        });
+                        let (message, suggestion) = unknown_type(&t.value, &name.value);
+                        problems.push(StageProblem { file: None, pos: Some(t.pos), message, suggestion });
                         None
                     }
                 },
@@ -376,8 +367,7 @@ impl StageKind for CleanKind {
                 problems.push(StageProblem::at(test.pos, "a range test needs `min`, `max` or both"));
             }
         }
-        let needs_key = columns.iter().any(|c| c.pii == Some(Pii::Hash));
-        if needs_key && params.pii_key_env.is_none() {
+        if columns.iter().any(|c| c.pii == Some(Pii::Hash)) && params.pii_key_env.is_none() {
             problems.push(StageProblem { file: None, pos: None, message: "a `pii: hash` column needs `pii_key_env`: the environment variable holding the HMAC key".to_string(), suggestion: None });
         }
         if !problems.is_empty() {
@@ -480,6 +470,23 @@ impl CleanStage {
         format!("__segflow_{}_{part}", ctx.stage_name)
     }
 
+    fn hashes_pii(&self) -> bool {
+        self.columns.iter().any(|c| c.pii == Some(Pii::Hash))
+    }
+
+    /// How the input column `name`, read as `source`, appears in an output: as it is, hashed,
+    /// or not at all (`None`). The clean table and the rejects both go through here, so a PII
+    /// column is handled the same way wherever it is written.
+    fn output_column(&self, name: &str, source: &str) -> Option<String> {
+        let q = quote_ident(name);
+        match self.columns.iter().find(|c| c.name == name).and_then(|c| c.pii) {
+            Some(Pii::Drop) => None,
+            Some(Pii::Hash) => Some(format!("segflow_pii_hash(CAST({source} AS VARCHAR)) AS {q}")),
+            None if source == q => Some(q),
+            None => Some(format!("{source} AS {q}")),
+        }
+    }
+
     /// The SQL that classifies every input row: typed values, filled values, and the reason
     /// it is rejected (NULL when it is kept). Raw values ride along for the rejects table.
     fn classify_sql(&self, input_columns: &[String], fills: &BTreeMap<String, ScalarValue>) -> String {
@@ -492,10 +499,7 @@ impl CleanStage {
                 typed.push(format!("{q} AS {q}"));
                 continue;
             };
-            let cast = match &column.data_type {
-                Some(dt) => format!("TRY_CAST({q} AS {})", sql_type(dt)),
-                None => q.clone(),
-            };
+            let cast = column.cast_sql();
             if column.data_type.is_some() && column.nulls != NullPolicy::Keep {
                 reasons.push(format!("WHEN {q} IS NOT NULL AND {cast} IS NULL THEN {}", literal(&ScalarValue::Utf8(Some(format!("cast_failed:{name}"))))));
             }
@@ -526,11 +530,7 @@ impl CleanStage {
     async fn fill_values(&self, session: &SessionContext) -> Result<BTreeMap<String, ScalarValue>, StageFailure> {
         let mut fills = BTreeMap::new();
         for column in &self.columns {
-            let q = quote_ident(&column.name);
-            let cast = match &column.data_type {
-                Some(dt) => format!("TRY_CAST({q} AS {})", sql_type(dt)),
-                None => q.clone(),
-            };
+            let cast = column.cast_sql();
             let input = quote_ident(&self.input);
             let value = match &column.nulls {
                 NullPolicy::Fill(fill) => {
@@ -635,7 +635,7 @@ impl Stage for CleanStage {
             .filter(|c| !matches!(c.nulls, NullPolicy::Keep | NullPolicy::Reject))
             .filter_map(|c| ScalarValue::try_from(c.data_type.clone().unwrap_or(DataType::Utf8)).ok().map(|v| (c.name.clone(), v)))
             .collect();
-        if self.columns.iter().any(|c| c.pii == Some(Pii::Hash)) {
+        if self.hashes_pii() {
             // Planning needs the function's signature, not the key.
             ctx.session.register_udf(hmac_udf(Vec::new()));
         }
@@ -657,7 +657,7 @@ impl Stage for CleanStage {
         let input = session.table(self.input.as_str()).await?;
         let names: Vec<String> = input.schema().fields().iter().map(|f| f.name().clone()).collect();
         if let Some(env) = &self.pii_key_env {
-            if self.columns.iter().any(|c| c.pii == Some(Pii::Hash)) {
+            if self.hashes_pii() {
                 let key = std::env::var(env).ok().filter(|k| !k.is_empty()).ok_or_else(|| StageFailure {
                     message: format!("the PII key variable `{env}` is not set; export it (the HMAC key for `pii: hash` columns) and rerun"),
                 })?;
@@ -672,7 +672,10 @@ impl Stage for CleanStage {
         session.register_table(classified_name.as_str(), classified.into_view())?;
         let classified_q = quote_ident(&classified_name);
 
-        let rows_in = count(session, &format!("SELECT COUNT(*) FROM {classified_q}")).await?;
+        // Counted on the input itself, not on the classified rows, so the accounting below can
+        // catch a classification that lost or repeated a row.
+        let rows_in = count(session, &format!("SELECT COUNT(*) FROM {}", quote_ident(&self.input))).await?;
+        let rows_valid = count(session, &format!("SELECT COUNT(*) FROM {classified_q} WHERE __reject_reason IS NULL")).await?;
         let mut metrics = StageMetrics::new();
         let mut reasons: Vec<(String, i64)> = Vec::new();
         let reason_batches = session
@@ -693,15 +696,19 @@ impl Stage for CleanStage {
         let rows_rejected: i64 = reasons.iter().map(|(_, n)| n).sum();
 
         let (clean, rejects) = self.lazy_outputs(ctx, &names, &classified_q).await?;
-        let valid = rows_in - rows_rejected;
         let clean = clean.cache().await?;
         let rows_out = clean.clone().count().await? as i64;
-        let rows_deduplicated = valid - rows_out;
-        if rows_in != rows_out + rows_rejected + rows_deduplicated || rows_deduplicated < 0 {
+        // rows_in = rows_out + rows_rejected + rows_deduplicated holds when every input row was
+        // classified exactly once (valid + rejected = in) and dedup only removed rows.
+        if rows_in != rows_valid + rows_rejected || rows_out > rows_valid {
             return Err(StageFailure {
-                message: format!("row accounting failed: rows_in {rows_in} != rows_out {rows_out} + rejected {rows_rejected} + deduplicated {rows_deduplicated}"),
+                message: format!(
+                    "row accounting failed: rows_in {rows_in}, classified {} (valid {rows_valid} + rejected {rows_rejected}), rows_out {rows_out} after dedup of the valid rows",
+                    rows_valid + rows_rejected
+                ),
             });
         }
+        let rows_deduplicated = rows_valid - rows_out;
         metrics.insert("rows_in".into(), rows_in);
         metrics.insert("rows_out".into(), rows_out);
         metrics.insert("rows_rejected".into(), rows_rejected);
@@ -791,15 +798,8 @@ impl CleanStage {
 
     /// Every original column as read (PII dropped or hashed), and why, where and when.
     fn rejects_sql(&self, names: &[String], classified_q: &str, ctx: &StageContext<'_>) -> String {
-        let mut columns = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let raw = format!("\"__raw_{i}\"");
-            match self.columns.iter().find(|c| &c.name == name).and_then(|c| c.pii) {
-                Some(Pii::Drop) => continue,
-                Some(Pii::Hash) => columns.push(format!("segflow_pii_hash(CAST({raw} AS VARCHAR)) AS {}", quote_ident(name))),
-                None => columns.push(format!("{raw} AS {}", quote_ident(name))),
-            }
-        }
+        let mut columns: Vec<String> =
+            names.iter().enumerate().filter_map(|(i, name)| self.output_column(name, &format!("\"__raw_{i}\""))).collect();
         columns.push("__reject_reason AS _reject_reason".to_string());
         columns.push(format!("{} AS _stage", literal(&ScalarValue::Utf8(Some(ctx.stage_name.to_string())))));
         columns.push(format!("{} AS _run_id", literal(&ScalarValue::Utf8(Some(ctx.run_id.to_string())))));
@@ -810,14 +810,7 @@ impl CleanStage {
     /// the classified rows.
     async fn lazy_outputs(&self, ctx: &StageContext<'_>, names: &[String], classified_q: &str) -> Result<(DataFrame, DataFrame), StageFailure> {
         let session = ctx.session;
-        let output_columns: Vec<String> = names
-            .iter()
-            .filter(|n| !self.columns.iter().any(|c| &c.name == *n && c.pii == Some(Pii::Drop)))
-            .map(|n| match self.columns.iter().find(|c| &c.name == n).and_then(|c| c.pii) {
-                Some(Pii::Hash) => format!("segflow_pii_hash(CAST({} AS VARCHAR)) AS {}", quote_ident(n), quote_ident(n)),
-                _ => quote_ident(n),
-            })
-            .collect();
+        let output_columns: Vec<String> = names.iter().filter_map(|n| self.output_column(n, &quote_ident(n))).collect();
         let mut clean = session.sql(&format!("SELECT {} FROM {classified_q} WHERE __reject_reason IS NULL", output_columns.join(", "))).await?;
         if let Some(dedup) = &self.dedup {
             if dedup.exact {
