@@ -1,7 +1,7 @@
-//! Fit/predict timing of `segflow::ml::forest` on files written by
+//! Fit/predict timing of `segflow_ml::forest` on files written by
 //! `benches/reference/forest_sklearn.py generate` (driven by `benches/forest_vs_sklearn.sh`).
 //!
-//! Usage: `cargo bench --bench forest_fit -- --data DIR --model forest|tree [--trees N]`
+//! Usage: `cargo bench -p segflow-ml --bench forest_fit -- --data DIR --model forest|tree [--trees N]`
 //! (or `SEGFLOW_BENCH_DATA=DIR`). DIR holds `shape.txt` ("n_train n_test n_features"),
 //! `train_x.f64`, `test_x.f64` (row-major little-endian f64) and `train_y.u8`, `test_y.u8`.
 //! Prints `key=value` lines: fit_seconds, predict_seconds, test_auc, n_nodes.
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::Array2;
-use segflow::ml::forest::{
+use segflow_ml::forest::{
     DecisionTree, DecisionTreeParams, ForestParams, MaxFeatures, RandomForest, roc_auc,
 };
 

@@ -17,7 +17,7 @@ venv="$cache/venv-bench"
 data="$cache/bench-data-forest"
 n_trees="${SEGFLOW_FOREST_BENCH_TREES:-100}"
 # Our side; must accept: --data DIR --model forest|tree --trees N.
-bench_cmd="${SEGFLOW_FOREST_BENCH_CMD:-cargo bench --quiet --bench forest_fit --}"
+bench_cmd="${SEGFLOW_FOREST_BENCH_CMD:-cargo bench --quiet -p segflow-ml --bench forest_fit --}"
 reference="$repo_root/benches/reference/forest_sklearn.py"
 
 if [[ ! -x /usr/bin/time ]]; then
@@ -34,7 +34,7 @@ fi
 cd "$repo_root"
 if [[ -z "${SEGFLOW_FOREST_BENCH_CMD:-}" ]]; then
     # Build first so compile time is not measured.
-    cargo bench --no-run --quiet --bench forest_fit
+    cargo bench --no-run --quiet -p segflow-ml --bench forest_fit
 fi
 
 work="$(mktemp -d)"

@@ -1,6 +1,6 @@
 //! Our side of the k-means benchmark against scikit-learn (benches/kmeans_vs_sklearn.sh).
 //!
-//! Usage: cargo bench --bench kmeans_iteration -- DIR [--iters N] [--repeats R]
+//! Usage: cargo bench -p segflow-ml --bench kmeans_iteration -- DIR [--iters N] [--repeats R]
 //! (DIR may also come from SEGFLOW_KMEANS_BENCH_DATA). DIR holds x.f64/x.shape and
 //! init.f64/init.shape as written by benches/reference/kmeans_sklearn.py: raw little-endian
 //! f64 and "rows cols". Runs `lloyd_from(x, init, N, tol = 0)` and the same with one
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use ndarray::Array2;
 
-use segflow::ml::kmeans::lloyd_from;
+use segflow_ml::kmeans::lloyd_from;
 
 fn read_array(dir: &Path, name: &str) -> Result<Array2<f64>, Box<dyn std::error::Error>> {
     let shape_text = std::fs::read_to_string(dir.join(format!("{name}.shape")))?;
@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let init = read_array(&dir, "init")?;
 
     let time_fit = |max_iter: usize| -> Result<
-        (f64, segflow::ml::kmeans::KMeansFit),
+        (f64, segflow_ml::kmeans::KMeansFit),
         Box<dyn std::error::Error>,
     > {
         let start = Instant::now();

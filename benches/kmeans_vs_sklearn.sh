@@ -7,7 +7,7 @@
 # Environment:
 #   SEGFLOW_CACHE              cache root (default ~/.cache/segflow): venv and data live there
 #   SEGFLOW_KMEANS_BENCH_CMD   how to run our side; the data directory and options are
-#                              appended (default: cargo bench --bench kmeans_iteration --)
+#                              appended (default: cargo bench -p segflow-ml --bench kmeans_iteration --)
 #   KMEANS_BENCH_ITERS         Lloyd iterations per timed fit (default 20; must stay below
 #                              the 48 at which Lloyd converges on this data)
 #   KMEANS_BENCH_REPEATS       timed fits per side (default 5; the median is reported)
@@ -19,8 +19,9 @@ venv="$cache/venv-bench"
 data="$cache/kmeans-bench-data"
 iters="${KMEANS_BENCH_ITERS:-20}"
 repeats="${KMEANS_BENCH_REPEATS:-5}"
-rust_cmd="${SEGFLOW_KMEANS_BENCH_CMD:-cargo bench --bench kmeans_iteration --}"
+rust_cmd="${SEGFLOW_KMEANS_BENCH_CMD:-cargo bench --quiet -p segflow-ml --bench kmeans_iteration --}"
 reference="$here/reference/kmeans_sklearn.py"
+cd "$here/.."   # cargo runs from the repository
 
 if [[ ! -x "$venv/bin/python" ]]; then
     echo "creating $venv" >&2

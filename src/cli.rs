@@ -55,6 +55,22 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Assign new customers to the segments of a saved model, without refitting.
+    Assign {
+        /// The saved model: `<output_root>/models/<stage>/run_date=<D>` or its model.json.
+        model: PathBuf,
+        /// The customers: a Parquet file, a glob or a (Hive-partitioned) folder, with the id
+        /// column and every feature the model was fitted on.
+        input: PathBuf,
+        /// The table folder to write (replaced whole, with `_manifest.json` and `_SUCCESS`).
+        #[arg(long)]
+        output: PathBuf,
+        /// Recorded in the manifest and the file names (default: a new one).
+        #[arg(long)]
+        run_id: Option<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Write the demo data set: customers and a Hive-partitioned transactions folder.
     DemoData {
         /// Folder to write into (its `transactions/` is replaced).
@@ -199,6 +215,14 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
             }))
             .unwrap_or_default();
             Ok(Some(line))
+        }
+        Command::Assign { model, input, output, run_id, engine } => {
+            let run_id = run_id.unwrap_or_else(new_run_id);
+            check_run_id(&run_id)?;
+            let summary = crate::assign::assign(&model, &input, &output, &run_id, &engine.options()).await?;
+            tracing::info!(rows = summary.rows, segments = summary.segments, path = %summary.path.display(), "customers assigned");
+            let line = serde_json::json!({"command": "assign", "run_id": run_id, "rows": summary.rows, "path": summary.path.display().to_string()});
+            Ok(Some(line.to_string()))
         }
         Command::DemoData { out, customers, seed, start, months } => {
             let summary = demo_data::generate(&out, &DemoOptions { customers, seed, start, months })?;

@@ -4,13 +4,16 @@
 //! The flow is raw config ([`config`]) → validated plan ([`plan`]) → execution ([`run`]),
 //! with DataFusion as the one query engine ([`engine`]) and an atomic table writer ([`sink`]).
 
+pub mod assign;
 pub mod cli;
 pub mod config;
 pub mod demo_data;
 pub mod diag;
 pub mod engine;
 pub mod error;
-pub mod ml;
+pub mod evaluation;
+/// The model kernels, from their own crate (crates/segflow-ml).
+pub use segflow_ml as ml;
 pub mod plan;
 pub mod run;
 pub mod sink;

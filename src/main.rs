@@ -12,9 +12,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let threads = match &cli.command {
-        cli::Command::Run { engine, .. } => engine.threads,
+        cli::Command::Run { engine, .. } | cli::Command::Assign { engine, .. } => engine.threads,
         _ => None,
     };
+    if let Some(threads) = threads {
+        // The model kernels run on rayon's pool: --threads bounds them too. Their results do
+        // not depend on it (see segflow_ml::kmeans), only their speed.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(threads) = threads {

@@ -17,6 +17,7 @@ use crate::config::yaml::{At, Pos, did_you_mean, quoted_list};
 use crate::config::{PartitionBy, RawPipeline};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::{self, EngineOptions, InputLocation};
+use crate::evaluation;
 use crate::stage::{self, BuildContext, Stage, StageContext, StageProblem};
 use crate::vars::{RUN_DATE, VarValue, Vars};
 
@@ -279,6 +280,9 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             result_names.push(format!("{}_{part}", s.name));
         }
     }
+    if stages.iter().any(|s| s.stage.secondary_results().contains(&evaluation::PART)) {
+        result_names.push(evaluation::EVALUATION.to_string());
+    }
     let mut outputs = Vec::new();
     let mut tables_seen: HashMap<&str, Pos> = HashMap::new();
     for output in &raw.outputs {
@@ -287,7 +291,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             diags.push(problem(Some(table.pos), format!("invalid table name `{}`: {NAME_RULE}", table.value)));
             continue;
         }
-        if table.value == crate::sink::SEGFLOW_DIR {
+        if table.value == crate::sink::SEGFLOW_DIR || table.value == stage::MODELS_DIR {
             diags.push(problem(Some(table.pos), format!("`{}` is reserved for segflow's own files", table.value)));
             continue;
         }
@@ -406,6 +410,10 @@ fn order_stages(stages: Vec<PlannedStage>) -> (Vec<PlannedStage>, Option<Vec<Str
 pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result<Plan, Diagnostics> {
     let Prepared { plan, mut diagnostics, mut broken } = prepared;
     let shown = plan.file.clone();
+    let run_date = match plan.vars.get(RUN_DATE) {
+        Some(VarValue::Date(d)) => d.format("%Y-%m-%d").to_string(),
+        _ => String::new(),
+    };
     let session = match engine::session(engine_options) {
         Ok(s) => s,
         Err(e) => {
@@ -443,6 +451,8 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
             vars: &plan.vars,
             seed: stage::derive_seed(plan.seed, &stage.name),
             run_id: "validate",
+            run_date: &run_date,
+            output_root: &plan.output_root,
         };
         match stage.stage.plan(&ctx).await {
             Ok(results) => {
@@ -462,6 +472,11 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
                 }
             }
         }
+    }
+    if plan.stages.iter().any(|s| s.stage.secondary_results().contains(&evaluation::PART)) {
+        let schema = evaluation::schema();
+        let _ = session.register_table(evaluation::EVALUATION, Arc::new(EmptyTable::new(schema.clone())));
+        schemas.insert(evaluation::EVALUATION.to_string(), schema);
     }
     for output in &plan.outputs {
         let Some(schema) = schemas.get(&output.from) else { continue };

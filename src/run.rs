@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::PartitionBy;
 use crate::engine::{self, EngineOptions};
+use crate::evaluation;
 use crate::plan::{Plan, PlannedOutput};
 use crate::sink::{self, Manifest, StagedTable, TableTarget};
 use crate::stage::{self, StageContext, StageMetrics};
@@ -42,6 +43,8 @@ pub struct RunSummary {
     pub output_root: String,
     pub stages: Vec<StageSummary>,
     pub tables: Vec<TableSummary>,
+    /// Folders of the models saved by this run.
+    pub models: Vec<String>,
     pub seconds: f64,
 }
 
@@ -73,10 +76,16 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
     let outcome = match result {
         Ok((stages, staged)) => {
             let mut tables = Vec::new();
+            let mut models = Vec::new();
             for table in staged {
                 let live = table.target.live_dir();
+                let is_model = table.target.table.starts_with(&format!("{}/", stage::MODELS_DIR));
                 let manifest: Manifest = sink::commit(table)?;
                 tracing::info!(table = %manifest.table, rows = manifest.rows, path = %live.display(), "committed");
+                if is_model {
+                    models.push(live.display().to_string());
+                    continue;
+                }
                 tables.push(TableSummary {
                     table: manifest.table,
                     path: live.display().to_string(),
@@ -92,6 +101,7 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
                 output_root: plan.output_root.display().to_string(),
                 stages,
                 tables,
+                models,
                 seconds: round_ms(started.elapsed().as_secs_f64()),
             })
         }
@@ -125,6 +135,8 @@ async fn execute_stages(
             .map_err(|e| RunError::Engine(format!("input `{}`: {}", input.name, engine::describe_datafusion_error(&e))))?;
     }
     let mut summaries = Vec::new();
+    let mut artifacts = Vec::new();
+    let mut evaluation_parts: Vec<String> = Vec::new();
     for planned in &plan.stages {
         let started = Instant::now();
         tracing::info!(stage = %planned.name, kind = planned.kind, "stage started");
@@ -134,20 +146,30 @@ async fn execute_stages(
             vars: &plan.vars,
             seed: stage::derive_seed(plan.seed, &planned.name),
             run_id,
+            run_date,
+            output_root: &plan.output_root,
         };
-        let (results, metrics) = planned
+        let output = planned
             .stage
             .run(&ctx)
             .await
             .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.message })?;
-        for result in results {
+        for result in output.results {
+            if result.name == format!("{}_{}", planned.name, evaluation::PART) {
+                evaluation_parts.push(result.name.clone());
+            }
             session
                 .register_table(&result.name, result.frame.into_view())
                 .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.to_string() })?;
         }
+        artifacts.extend(output.artifacts);
         let seconds = round_ms(started.elapsed().as_secs_f64());
         tracing::info!(stage = %planned.name, seconds, "stage ready");
-        summaries.push(StageSummary { name: planned.name.clone(), kind: planned.kind.to_string(), seconds, metrics });
+        summaries.push(StageSummary { name: planned.name.clone(), kind: planned.kind.to_string(), seconds, metrics: output.metrics });
+    }
+    if !evaluation_parts.is_empty() {
+        let frame = evaluation::union(&session, &evaluation_parts).await.map_err(|e| RunError::Engine(engine::describe_datafusion_error(&e)))?;
+        session.register_table(evaluation::EVALUATION, frame.into_view()).map_err(|e| RunError::Engine(e.to_string()))?;
     }
     let mut staged = Vec::new();
     for output in &plan.outputs {
@@ -174,6 +196,18 @@ async fn execute_stages(
         })?;
         tracing::info!(table = %output.table, rows = table.manifest.rows, seconds = round_ms(started.elapsed().as_secs_f64()), "table written to staging");
         staged.push(table);
+    }
+    // Saved models last: committed with the tables, listed apart from them.
+    for artifact in artifacts {
+        let target = TableTarget {
+            root: plan.output_root.clone(),
+            table: artifact.folder,
+            partition: Some(format!("{RUN_DATE}={run_date}")),
+            run_id: run_id.to_string(),
+            run_date: run_date.to_string(),
+            schema_version: 1,
+        };
+        staged.push(sink::stage_files(target, &artifact.files)?);
     }
     Ok((summaries, staged))
 }

@@ -160,7 +160,33 @@ pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable,
         writer.write(&batch)?;
     }
     let files = writer.finish()?;
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| ManifestColumn { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+        .collect();
+    seal(target, staging_dir, files, columns)
+}
 
+/// Step 1 for a folder of files that is not a table (a saved model): writes `files` (name,
+/// content) to the staging folder with a manifest, to be committed like a table partition.
+pub fn stage_files(target: TableTarget, files: &[(String, Vec<u8>)]) -> Result<StagedTable, SinkError> {
+    let staging_dir = target.staging_dir();
+    if staging_dir.exists() {
+        fs::remove_dir_all(&staging_dir).map_err(target.io("clear old staging folder", &staging_dir))?;
+    }
+    fs::create_dir_all(&staging_dir).map_err(target.io("create staging folder", &staging_dir))?;
+    let mut written = Vec::new();
+    for (name, bytes) in files {
+        let path = staging_dir.join(name);
+        write_synced(&path, bytes).map_err(target.io("write", &path))?;
+        written.push(ManifestFile { name: name.clone(), rows: 0, bytes: bytes.len() as u64 });
+    }
+    seal(target, staging_dir, written, Vec::new())
+}
+
+/// Ends step 1: `_manifest.json` and `_SUCCESS` beside the staged files, all synced.
+fn seal(target: TableTarget, staging_dir: PathBuf, files: Vec<ManifestFile>, schema: Vec<ManifestColumn>) -> Result<StagedTable, SinkError> {
     let manifest = Manifest {
         table: target.table.clone(),
         schema_version: target.schema_version,
@@ -169,11 +195,7 @@ pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable,
         run_date: target.run_date.clone(),
         rows: files.iter().map(|f| f.rows).sum(),
         files,
-        schema: schema
-            .fields()
-            .iter()
-            .map(|f| ManifestColumn { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
-            .collect(),
+        schema,
         writer: format!("segflow {}", env!("CARGO_PKG_VERSION")),
     };
     let manifest_path = staging_dir.join("_manifest.json");

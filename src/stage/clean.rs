@@ -41,7 +41,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use sha2::{Digest, Sha256};
 use serde::Deserialize;
 
-use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageProblem, StageResult};
+use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, from_node, quoted_list};
 use crate::engine::{declared_type, describe_datafusion_error, unknown_type};
 
@@ -652,7 +652,7 @@ impl Stage for CleanStage {
         ])
     }
 
-    async fn run(&self, ctx: &StageContext<'_>) -> Result<(Vec<StageResult>, StageMetrics), StageFailure> {
+    async fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutput, StageFailure> {
         let session = ctx.session;
         let input = session.table(self.input.as_str()).await?;
         let names: Vec<String> = input.schema().fields().iter().map(|f| f.name().clone()).collect();
@@ -720,7 +720,7 @@ impl Stage for CleanStage {
         self.run_tests(ctx, &clean, rows_out, &mut metrics).await?;
 
         let quality = quality_frame(session, ctx, &metrics).await?;
-        Ok((
+        Ok(StageOutput::new(
             vec![
                 StageResult { name: ctx.stage_name.to_string(), frame: clean },
                 StageResult { name: format!("{}_rejects", ctx.stage_name), frame: rejects },

@@ -6,6 +6,7 @@
 //! ([`Stage::run`]).
 
 pub mod clean;
+pub mod segment;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use crate::config::yaml::{Node, Pos};
 use crate::vars::Vars;
 
 /// Every stage kind segflow knows, by its `kind:` name.
-pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind, &clean::CleanKind];
+pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind, &clean::CleanKind, &segment::SegmentKind];
 
 /// The kind registered under `name`.
 pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
@@ -85,7 +86,39 @@ pub struct StageContext<'a> {
     /// This stage's own seed, derived from the pipeline seed and the stage name.
     pub seed: u64,
     pub run_id: &'a str,
+    /// `YYYY-MM-DD`: the partition this run writes.
+    pub run_date: &'a str,
+    /// Where the pipeline's tables and saved models live (a stage reads its previous run's
+    /// model from here; it never writes here itself).
+    pub output_root: &'a Path,
 }
+
+/// What a stage's run produced.
+pub struct StageOutput {
+    pub results: Vec<StageResult>,
+    pub metrics: StageMetrics,
+    /// Files to commit with the run's tables, such as a saved model.
+    pub artifacts: Vec<Artifact>,
+}
+
+impl StageOutput {
+    pub fn new(results: Vec<StageResult>, metrics: StageMetrics) -> Self {
+        StageOutput { results, metrics, artifacts: Vec::new() }
+    }
+}
+
+/// A folder of files a run commits beside its tables, at
+/// `<output_root>/<folder>/run_date=<run date>/`, by the same protocol: staged, then swapped
+/// in with `_manifest.json` and `_SUCCESS`, only when the whole run succeeded.
+pub struct Artifact {
+    /// Relative to the output root, e.g. `models/segments`.
+    pub folder: String,
+    /// File name and content.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// The folder under an output root where stages keep their saved models.
+pub const MODELS_DIR: &str = "models";
 
 #[async_trait]
 pub trait Stage: Send + Sync + Debug {
@@ -99,7 +132,7 @@ pub trait Stage: Send + Sync + Debug {
     async fn plan(&self, ctx: &StageContext<'_>) -> Result<Vec<StageResult>, Vec<StageProblem>>;
 
     /// Produces the results. Lazy frames are fine: the runner decides what to materialise.
-    async fn run(&self, ctx: &StageContext<'_>) -> Result<(Vec<StageResult>, StageMetrics), StageFailure>;
+    async fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutput, StageFailure>;
 }
 
 /// Counts a stage reports about its run (rows in, rows out, rejected …), for the run summary.

@@ -20,7 +20,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 use serde::Deserialize;
 
-use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageProblem, StageResult};
+use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, Pos, did_you_mean, from_node, quoted_list};
 use crate::engine::describe_datafusion_error;
 use crate::vars::{BoundSql, bind_sql};
@@ -247,7 +247,7 @@ impl Stage for SqlStage {
         Ok(vec![StageResult { name: ctx.stage_name.to_string(), frame }])
     }
 
-    async fn run(&self, ctx: &StageContext<'_>) -> Result<(Vec<StageResult>, StageMetrics), StageFailure> {
+    async fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutput, StageFailure> {
         let frame = self.plan_frame(ctx).await.map_err(|problems| {
             let p = &problems[0];
             let place = match (&p.file, p.pos) {
@@ -256,7 +256,7 @@ impl Stage for SqlStage {
             };
             StageFailure { message: format!("{place}{}", p.message) }
         })?;
-        Ok((vec![StageResult { name: ctx.stage_name.to_string(), frame }], StageMetrics::new()))
+        Ok(StageOutput::new(vec![StageResult { name: ctx.stage_name.to_string(), frame }], StageMetrics::new()))
     }
 }
 

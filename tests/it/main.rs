@@ -3,5 +3,6 @@
 
 mod clean;
 mod core;
+mod segment;
 mod util;
 mod validate;

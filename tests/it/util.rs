@@ -125,6 +125,29 @@ pub fn read_table(path: &Path, order_by: &str) -> String {
     })
 }
 
+/// Runs `sql` over Parquet tables (name, file or folder) and returns every value as text
+/// (null as an empty string), row by row.
+pub fn query(tables: &[(&str, &Path)], sql: &str) -> Vec<Vec<String>> {
+    use datafusion::arrow::array::Array;
+    use datafusion::arrow::util::display::array_value_to_string;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let ctx = SessionContext::new();
+        for (name, path) in tables {
+            let path = path.to_string_lossy().to_string();
+            ctx.register_parquet(*name, &path, ParquetReadOptions::default()).await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        let batches = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).collect().await.unwrap();
+        let mut rows = Vec::new();
+        for batch in batches {
+            for i in 0..batch.num_rows() {
+                rows.push(batch.columns().iter().map(|c| if c.is_null(i) { String::new() } else { array_value_to_string(c, i).unwrap() }).collect());
+            }
+        }
+        rows
+    })
+}
+
 /// Files under `dir` (recursively), as sorted relative paths.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();

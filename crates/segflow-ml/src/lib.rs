@@ -5,3 +5,8 @@
 
 pub mod forest;
 pub mod kmeans;
+pub mod metrics;
+pub mod split;
+pub mod prep;
+pub mod hungarian;
+pub mod cluster;
