@@ -66,7 +66,9 @@ pub enum MetricError {
     LengthMismatch { labels: usize, scores: usize },
     #[error("there are no rows to evaluate")]
     NoRows,
-    #[error("label {label} in row {row} is not binary; labels must be 0 (negative) or 1 (positive)")]
+    #[error(
+        "label {label} in row {row} is not binary; labels must be 0 (negative) or 1 (positive)"
+    )]
     LabelNotBinary { row: usize, label: usize },
     #[error("every label is {label}: {metric} is undefined unless both classes 0 and 1 occur")]
     SingleClass { label: usize, metric: &'static str },
@@ -727,8 +729,7 @@ where
                 drops.push(baseline - score(shuffled.view())?);
             }
             let mean = drops.iter().sum::<f64>() / n_repeats as f64;
-            let variance =
-                drops.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n_repeats as f64;
+            let variance = drops.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n_repeats as f64;
             Ok(Importance {
                 mean_drop: mean,
                 std_drop: variance.sqrt(),

@@ -81,7 +81,7 @@ fn shuffled(mut rows: Vec<usize>, class: usize, seed: u64) -> Vec<usize> {
 
 /// Rows of a class with `rows` members that go to the test side (see the module docs).
 fn test_count(rows: usize, test_fraction: f64) -> usize {
-    let rounded = (rows as f64 * test_fraction).floor() as usize;
+    let rounded = (rows as f64 * test_fraction).round() as usize;
     rounded.clamp(1, rows - 1)
 }
 
@@ -201,7 +201,7 @@ mod tests {
         labels.extend(std::iter::repeat_n(1, n1));
         // A fixed, non-trivial permutation: row r takes element (r * 7) mod n when 7 ∤ n.
         let n = labels.len();
-        if n % 7 != 0 {
+        if !n.is_multiple_of(7) {
             return (0..n).map(|r| labels[(r * 7) % n]).collect();
         }
         labels
@@ -288,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn each_class_is_shuffled_by_its_own_stream() -> TestResult {
+        // Classes alternate, so class 0 is the even rows and class 1 the odd ones. Were both
+        // classes shuffled alike, the odd test rows would be the even ones plus one.
+        let labels: Vec<usize> = (0..40).map(|row| row % 2).collect();
+        let split = stratified_split(&labels, 0.5, 3)?;
+        let (even, odd): (Vec<usize>, Vec<usize>) = split.test.iter().partition(|&&r| r % 2 == 0);
+        let even_plus_one: Vec<usize> = even.iter().map(|r| r + 1).collect();
+        assert_ne!(even_plus_one, odd);
+        Ok(())
+    }
+
+    #[test]
     fn a_split_is_pinned_for_a_given_seed() -> TestResult {
         // Guards the documented stream layout: changing how rows are drawn changes this value,
         // which would silently change every pipeline's evaluation.
@@ -354,7 +366,13 @@ mod tests {
         let split = time_split(&times, 7);
         assert_eq!(split.train, [0, 1, 5]);
         assert_eq!(split.test, [2, 3, 4]);
-        assert_eq!(time_split(&[], 0), Split { train: vec![], test: vec![] });
+        assert_eq!(
+            time_split(&[], 0),
+            Split {
+                train: vec![],
+                test: vec![]
+            }
+        );
     }
 
     #[test]
@@ -374,9 +392,11 @@ mod tests {
         ));
         assert_eq!(
             stratified_split(&[0, 0, 1, 2, 2], 0.5, 0).map_err(message),
-            Err("class 1 has only 1 row(s); a stratified split needs at least 2 rows per class, \
+            Err(
+                "class 1 has only 1 row(s); a stratified split needs at least 2 rows per class, \
                  one for each side (drop or merge the class)"
-                .into())
+                    .into()
+            )
         );
         assert_eq!(
             stratified_k_fold(&[0, 1], 1, 0).map_err(message),
@@ -384,9 +404,11 @@ mod tests {
         );
         assert_eq!(
             stratified_k_fold(&[0, 0, 0, 1, 1, 1, 1], 4, 0).map_err(message),
-            Err("class 0 has only 3 row(s), fewer than the 4 folds; every test fold needs every \
+            Err(
+                "class 0 has only 3 row(s), fewer than the 4 folds; every test fold needs every \
                  class (use fewer folds)"
-                .into())
+                    .into()
+            )
         );
     }
 

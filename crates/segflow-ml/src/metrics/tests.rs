@@ -16,8 +16,8 @@ const SCORES: [f64; 4] = [0.1, 0.4, 0.35, 0.8];
 /// (`roc_auc_score`, `average_precision_score`, `log_loss`, `brier_score_loss`).
 const TIED_LABELS: [usize; 20] = [1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0];
 const TIED_SCORES: [f64; 20] = [
-    0.9, 0.1, 0.35, 0.35, 0.8, 0.35, 0.6, 0.2, 0.6, 0.05, 0.7, 0.5, 0.35, 0.95, 0.4, 0.1, 0.3,
-    0.6, 0.25, 0.45,
+    0.9, 0.1, 0.35, 0.35, 0.8, 0.35, 0.6, 0.2, 0.6, 0.05, 0.7, 0.5, 0.35, 0.95, 0.4, 0.1, 0.3, 0.6,
+    0.25, 0.45,
 ];
 
 fn assert_close(actual: f64, expected: f64) {
@@ -137,6 +137,9 @@ fn log_loss_is_the_mean_negative_log_likelihood() -> TestResult {
 fn log_loss_clips_a_certain_mistake_at_1e_minus_15() -> TestResult {
     // A positive scored 0 costs −ln(1e-15) = 34.539, not infinity.
     assert_close(log_loss(&[1], &[0.0])?, 34.538776394910684);
+    // A negative scored 1 is clipped at 1 − 1e-15 (in f64, 1 − 1.11e-15): −ln(1.11e-15).
+    assert_close(log_loss(&[0], &[1.0])?, -(1.0 - (1.0 - LOG_LOSS_EPS)).ln());
+    assert!(log_loss(&[0], &[1.0])? > 34.0);
     // A correct certain prediction costs −ln(1 − 1e-15) ≈ 1e-15, not 0.
     let certain = log_loss(&[1, 0], &[1.0, 0.0])?;
     assert!(certain > 0.0 && certain < 1e-14, "{certain}");
@@ -278,8 +281,7 @@ fn threshold_policies_reject_what_they_cannot_use() {
         Err(MetricError::NanThreshold(_))
     ));
     assert_eq!(
-        choose_threshold(ThresholdPolicy::MaxF1, &[0, 0], &[0.1, 0.2])
-            .map_err(|e| e.to_string()),
+        choose_threshold(ThresholdPolicy::MaxF1, &[0, 0], &[0.1, 0.2]).map_err(|e| e.to_string()),
         Err("no label is 1: the MaxF1 threshold policy is undefined without a positive row".into())
     );
 }
@@ -336,14 +338,14 @@ fn decile_sizes_follow_numpy_array_split() -> TestResult {
 
 #[test]
 fn tied_scores_are_split_across_deciles_by_row_index() -> TestResult {
-    // Every score equal: deciles take rows in index order, so the positive in row 0 lands in
-    // decile 1 and the one in row 19 in decile 10.
+    // Every score equal: deciles take rows in index order (two rows each), so the positive in
+    // row 0 lands in decile 1 and the one in row 5 in decile 3.
     let mut labels = vec![0; 20];
     labels[0] = 1;
-    labels[19] = 1;
+    labels[5] = 1;
     let table = lift_by_decile(&labels, &[0.5; 20])?;
-    assert_eq!(table[0].positives, 1);
-    assert_eq!(table[9].positives, 1);
+    let positives: Vec<usize> = table.iter().map(|r| r.positives).collect();
+    assert_eq!(positives, [1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
     assert_close(table[0].cumulative_gain, 0.5);
     Ok(())
 }
@@ -358,7 +360,10 @@ fn calibration_bins_are_half_open_except_the_last() -> TestResult {
     // 0.1 opens bin 2 and 0.3 opens bin 4; 1.0 closes bin 10.
     assert_eq!(counts, [2, 2, 0, 1, 0, 0, 0, 0, 0, 2]);
     assert_eq!(counts.iter().sum::<usize>(), scores.len());
-    assert_eq!((table[1].bin, table[1].lower, table[1].upper), (2, 0.1, 0.2));
+    assert_eq!(
+        (table[1].bin, table[1].lower, table[1].upper),
+        (2, 0.1, 0.2)
+    );
     assert_eq!(table[9].upper, 1.0);
     // Bin 2 holds 0.1 (positive) and 0.15 (negative): mean score 0.125, rate ½.
     assert_close(table[1].mean_score.ok_or("bin 2 is not empty")?, 0.125);
@@ -373,10 +378,15 @@ fn calibration_bins_are_half_open_except_the_last() -> TestResult {
 
 #[test]
 fn every_probability_falls_in_the_bin_whose_edges_contain_it() -> TestResult {
-    // Edges i/bins are checked bit for bit against the reported lower/upper, for bin counts
-    // whose edges are not exact in binary.
-    for bins in [3, 7, 10, 13] {
-        let scores: Vec<f64> = (0..=1000).map(|i| i as f64 / 1000.0).collect();
+    // Each edge i/bins and the doubles either side of it, checked bit for bit against the
+    // reported lower/upper. For these bin counts `score × bins` rounds across an edge for some
+    // of them (e.g. 1/49 × 49 = 0.999…), so a plain floor would misplace them.
+    for bins in [3, 7, 10, 13, 49] {
+        let scores: Vec<f64> = (0..=bins)
+            .map(|edge| bin_edge(edge, bins))
+            .flat_map(|edge| [edge.next_down(), edge, edge.next_up()])
+            .filter(|score| (0.0..=1.0).contains(score))
+            .collect();
         let labels = vec![0; scores.len()];
         let table = calibration(&labels, &scores, bins)?;
         assert_eq!(
@@ -457,17 +467,24 @@ fn permutation_importance_is_the_same_with_one_or_three_threads() -> TestResult 
             .map(|r| r[0] + 0.3 * r[1] + 0.1 * r[2])
             .collect::<Vec<f64>>()
     };
-    let run = |threads: usize| -> Result<Vec<Importance>, Box<dyn std::error::Error + Send + Sync>> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?;
-        Ok(pool.install(|| permutation_importance(predict, x.view(), &labels, 4, 9))?)
-    };
+    let run =
+        |threads: usize| -> Result<Vec<Importance>, Box<dyn std::error::Error + Send + Sync>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            Ok(pool.install(|| permutation_importance(predict, x.view(), &labels, 4, 9))?)
+        };
     let one = run(1)?;
     assert_eq!(one, run(3)?);
     // Same seed, same result; another seed shuffles differently.
-    assert_eq!(one, permutation_importance(predict, x.view(), &labels, 4, 9)?);
-    assert_ne!(one, permutation_importance(predict, x.view(), &labels, 4, 10)?);
+    assert_eq!(
+        one,
+        permutation_importance(predict, x.view(), &labels, 4, 9)?
+    );
+    assert_ne!(
+        one,
+        permutation_importance(predict, x.view(), &labels, 4, 10)?
+    );
     Ok(())
 }
 
