@@ -32,6 +32,11 @@ pub const EVALUATION: &str = "evaluation";
 /// The secondary result a stage names to contribute to it.
 pub const PART: &str = "evaluation";
 
+/// Whether `stage` publishes `<stage>_evaluation`, so the run offers `evaluation`.
+pub fn contributes(stage: &dyn crate::stage::Stage) -> bool {
+    stage.secondary_results().contains(&PART)
+}
+
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),

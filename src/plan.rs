@@ -81,6 +81,17 @@ pub struct PlannedOutput {
     pub schema_version: u32,
 }
 
+impl Plan {
+    /// The run date as `YYYY-MM-DD`: the partition this run writes. `prepare` always defines
+    /// it, so `None` is a bug.
+    pub fn run_date(&self) -> Option<String> {
+        match self.vars.get(RUN_DATE) {
+            Some(VarValue::Date(d)) => Some(d.format("%Y-%m-%d").to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// Names become SQL table names, folder names and Parquet column prefixes: keep them plain.
 /// Lowercase because SQL folds unquoted names to lowercase.
 pub fn is_valid_name(name: &str) -> bool {
@@ -280,7 +291,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             result_names.push(format!("{}_{part}", s.name));
         }
     }
-    if stages.iter().any(|s| s.stage.secondary_results().contains(&evaluation::PART)) {
+    if stages.iter().any(|s| evaluation::contributes(s.stage.as_ref())) {
         result_names.push(evaluation::EVALUATION.to_string());
     }
     let mut outputs = Vec::new();
@@ -410,10 +421,7 @@ fn order_stages(stages: Vec<PlannedStage>) -> (Vec<PlannedStage>, Option<Vec<Str
 pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result<Plan, Diagnostics> {
     let Prepared { plan, mut diagnostics, mut broken } = prepared;
     let shown = plan.file.clone();
-    let run_date = match plan.vars.get(RUN_DATE) {
-        Some(VarValue::Date(d)) => d.format("%Y-%m-%d").to_string(),
-        _ => String::new(),
-    };
+    let run_date = plan.run_date().unwrap_or_default();
     let session = match engine::session(engine_options) {
         Ok(s) => s,
         Err(e) => {
@@ -473,7 +481,7 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
             }
         }
     }
-    if plan.stages.iter().any(|s| s.stage.secondary_results().contains(&evaluation::PART)) {
+    if plan.stages.iter().any(|s| evaluation::contributes(s.stage.as_ref())) {
         let schema = evaluation::schema();
         let _ = session.register_table(evaluation::EVALUATION, Arc::new(EmptyTable::new(schema.clone())));
         schemas.insert(evaluation::EVALUATION.to_string(), schema);

@@ -18,7 +18,7 @@ use crate::evaluation;
 use crate::plan::{Plan, PlannedOutput};
 use crate::sink::{self, Manifest, StagedTable, TableTarget};
 use crate::stage::{self, StageContext, StageMetrics};
-use crate::vars::{RUN_DATE, VarValue};
+use crate::vars::RUN_DATE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -67,9 +67,8 @@ pub struct TableSummary {
 /// Runs every stage, writes every output to staging, then commits them all.
 pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let run_date = match plan.vars.get(RUN_DATE) {
-        Some(VarValue::Date(d)) => d.format("%Y-%m-%d").to_string(),
-        _ => return Err(RunError::Engine("internal: run_date is not set".to_string())),
+    let Some(run_date) = plan.run_date() else {
+        return Err(RunError::Engine("internal: run_date is not set".to_string()));
     };
     let staging = sink::staging_root(&plan.output_root, run_id);
     let result = execute_stages(plan, run_id, &run_date, engine_options).await;

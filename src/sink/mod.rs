@@ -143,11 +143,7 @@ pub struct StagedTable {
 
 /// Step 1: runs `frame` and writes its rows to the staging folder with a manifest.
 pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable, SinkError> {
-    let staging_dir = target.staging_dir();
-    if staging_dir.exists() {
-        fs::remove_dir_all(&staging_dir).map_err(target.io("clear old staging folder", &staging_dir))?;
-    }
-    fs::create_dir_all(&staging_dir).map_err(target.io("create staging folder", &staging_dir))?;
+    let staging_dir = empty_staging_dir(&target)?;
 
     let schema: SchemaRef = frame.schema().inner().clone();
     let mut stream = frame
@@ -171,11 +167,7 @@ pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable,
 /// Step 1 for a folder of files that is not a table (a saved model): writes `files` (name,
 /// content) to the staging folder with a manifest, to be committed like a table partition.
 pub fn stage_files(target: TableTarget, files: &[(String, Vec<u8>)]) -> Result<StagedTable, SinkError> {
-    let staging_dir = target.staging_dir();
-    if staging_dir.exists() {
-        fs::remove_dir_all(&staging_dir).map_err(target.io("clear old staging folder", &staging_dir))?;
-    }
-    fs::create_dir_all(&staging_dir).map_err(target.io("create staging folder", &staging_dir))?;
+    let staging_dir = empty_staging_dir(&target)?;
     let mut written = Vec::new();
     for (name, bytes) in files {
         let path = staging_dir.join(name);
@@ -183,6 +175,16 @@ pub fn stage_files(target: TableTarget, files: &[(String, Vec<u8>)]) -> Result<S
         written.push(ManifestFile { name: name.clone(), rows: 0, bytes: bytes.len() as u64 });
     }
     seal(target, staging_dir, written, Vec::new())
+}
+
+/// The target's staging folder, emptied of anything an earlier attempt left there.
+fn empty_staging_dir(target: &TableTarget) -> Result<PathBuf, SinkError> {
+    let staging_dir = target.staging_dir();
+    if staging_dir.exists() {
+        fs::remove_dir_all(&staging_dir).map_err(target.io("clear old staging folder", &staging_dir))?;
+    }
+    fs::create_dir_all(&staging_dir).map_err(target.io("create staging folder", &staging_dir))?;
+    Ok(staging_dir)
 }
 
 /// Ends step 1: `_manifest.json` and `_SUCCESS` beside the staged files, all synced.
@@ -265,6 +267,14 @@ pub fn read_manifest(dir: &Path) -> Option<Manifest> {
     serde_json::from_str(&text).ok()
 }
 
+/// How every Parquet file segflow writes is encoded: zstd level 3, fixed row groups.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
+        .build()
+}
+
 /// Writes batches into `part-NNNNN-<run>.parquet` files of exactly [`ROWS_PER_FILE`] rows
 /// (the last one fewer). A table with no rows still gets one file, so its schema is readable.
 struct PartWriter<'a> {
@@ -280,13 +290,6 @@ impl<'a> PartWriter<'a> {
         PartWriter { target, dir, schema, current: None, done: Vec::new() }
     }
 
-    fn properties() -> WriterProperties {
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-            .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
-            .build()
-    }
-
     fn parquet_err(&self, e: impl std::fmt::Display) -> SinkError {
         SinkError::Parquet { table: self.target.table.clone(), message: e.to_string() }
     }
@@ -295,7 +298,7 @@ impl<'a> PartWriter<'a> {
         let name = format!("part-{:05}-{}.parquet", self.done.len(), file_safe(&self.target.run_id));
         let path = self.dir.join(&name);
         let file = File::create(&path).map_err(self.target.io("create", &path))?;
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(Self::properties())).map_err(|e| self.parquet_err(e))?;
+        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(writer_properties())).map_err(|e| self.parquet_err(e))?;
         self.current = Some((name, writer, 0));
         Ok(())
     }

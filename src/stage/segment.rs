@@ -408,7 +408,7 @@ impl Stage for SegmentStage {
         let id_type = schema.field_with_name(&self.id.value).map(|f| f.data_type().clone()).unwrap_or(DataType::Utf8);
         let empty = |schema: SchemaRef| ctx.session.read_batch(RecordBatch::new_empty(schema)).map_err(|e| problem(e.to_string()));
         Ok(vec![
-            StageResult { name: ctx.stage_name.to_string(), frame: empty(self.customers_schema(&id_type))? },
+            StageResult { name: ctx.stage_name.to_string(), frame: empty(customers_schema(&self.id.value, &id_type))? },
             StageResult { name: format!("{}_profiles", ctx.stage_name), frame: empty(self.profiles_schema())? },
             StageResult { name: format!("{}_centroids", ctx.stage_name), frame: empty(centroids_schema())? },
             StageResult { name: format!("{}_migration", ctx.stage_name), frame: empty(migration_schema())? },
@@ -491,22 +491,18 @@ impl Stage for SegmentStage {
         });
         let previous = PreviousRun::find(ctx.output_root, ctx.stage_name, ctx.run_date).map_err(fail)?;
         let (ids, next_id) = match &previous {
-            Some(prev) => match model::match_ids(&prev.model, &preparation, fit.centroids.view(), &profiles).map_err(fail)? {
-                Some(matched) => {
-                    tracing::info!(stage = ctx.stage_name, previous_run_date = %prev.run_date, "segment ids matched to the previous run's centroids");
-                    matched
-                }
-                None => {
-                    tracing::warn!(stage = ctx.stage_name, previous_run_date = %prev.run_date, "the previous model has other features: segment ids start afresh and no migration is written");
-                    model::ids_by_rank(&profiles, prev.model.next_segment_id)
-                }
-            },
+            Some(prev) if prev.comparable_with(&preparation) => {
+                tracing::info!(stage = ctx.stage_name, previous_run_date = %prev.run_date, "segment ids matched to the previous run's centroids");
+                model::match_ids(&prev.model, &preparation, fit.centroids.view(), &profiles).map_err(fail)?
+            }
+            Some(prev) => {
+                tracing::warn!(stage = ctx.stage_name, previous_run_date = %prev.run_date, "the previous model has other features: segment ids start afresh and no migration is written");
+                model::ids_by_rank(&profiles, prev.model.next_segment_id)
+            }
             None => model::ids_by_rank(&profiles, 1),
         };
         let migration = match &previous {
-            Some(prev) if prev.model.preparation.output_names() == preparation.output_names() => {
-                Some((prev.run_date.clone(), prev.migration(&data.ids, &fit.labels, &ids).map_err(fail)?))
-            }
+            Some(prev) if prev.comparable_with(&preparation) => Some((prev.run_date.clone(), prev.migration(&data.ids, &fit.labels, &ids).map_err(fail)?)),
             _ => None,
         };
 
@@ -545,7 +541,7 @@ impl Stage for SegmentStage {
         });
 
         let session = ctx.session;
-        let customers = self.customers_batch(&data, &assignments, &ids).map_err(|e| fail(e.to_string()))?;
+        let customers = customers_batch(&self.id.value, &data.ids, &assignments, &ids).map_err(|e| fail(e.to_string()))?;
         let profiles_batch = self.profiles_batch(&profiles, &ids).map_err(|e| fail(e.to_string()))?;
         let centroids = centroids_batch(&preparation, &fit.centroids, &profiles, &ids).map_err(|e| fail(e.to_string()))?;
         let migration_batch = migration_to_batch(migration.as_ref()).map_err(|e| fail(e.to_string()))?;
@@ -611,10 +607,6 @@ impl SegmentStage {
         columns
     }
 
-    fn customers_schema(&self, id_type: &DataType) -> SchemaRef {
-        customers_schema(&self.id.value, id_type)
-    }
-
     fn profiles_schema(&self) -> SchemaRef {
         let mut fields = vec![
             Field::new("segment", DataType::Int32, false),
@@ -636,10 +628,6 @@ impl SegmentStage {
             }
         }
         Arc::new(Schema::new(fields))
-    }
-
-    fn customers_batch(&self, data: &FeatureData, assignments: &[Assignment], ids: &[i32]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-        customers_batch(&self.id.value, &data.ids, assignments, ids)
     }
 
     fn profiles_batch(&self, profiles: &[SegmentProfile], ids: &[i32]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {

@@ -292,6 +292,12 @@ impl PreviousRun {
         Ok(Some(PreviousRun { run_date, dir, model }))
     }
 
+    /// Whether its centroids and segments can be compared with a run prepared by
+    /// `preparation`: the same prepared features, in the same order.
+    pub fn comparable_with(&self, preparation: &Preparation) -> bool {
+        self.model.prepared_features == preparation.output_names()
+    }
+
     /// Counts customers by (previous segment, current segment); a customer new since the
     /// previous run has no previous segment, one gone since has no current one.
     pub fn migration(&self, current_ids: &ArrayRef, labels: &[usize], segment_ids: &[i32]) -> Result<Vec<MigrationRow>, String> {
@@ -352,12 +358,9 @@ pub fn ids_by_rank(profiles: &[SegmentProfile], first: i32) -> (Vec<i32>, i32) {
 
 /// Matches this run's centroids to the previous model's (Hungarian algorithm on squared
 /// Euclidean distance, both in this run's prepared space) so a segment keeps its id. A
-/// centroid left unmatched (k grew) gets a new id, in rank order. `None` when the previous
-/// model prepared other features: its centroids cannot be compared.
-pub fn match_ids(previous: &SegmentModel, preparation: &Preparation, centroids: ArrayView2<'_, f64>, profiles: &[SegmentProfile]) -> Result<Option<(Vec<i32>, i32)>, String> {
-    if previous.preparation.output_names() != preparation.output_names() {
-        return Ok(None);
-    }
+/// centroid left unmatched (k grew) gets a new id, in rank order. The previous model must
+/// prepare the same features ([`PreviousRun::comparable_with`]).
+pub fn match_ids(previous: &SegmentModel, preparation: &Preparation, centroids: ArrayView2<'_, f64>, profiles: &[SegmentProfile]) -> Result<(Vec<i32>, i32), String> {
     // The previous centroids, from their own preparation back to the features' units and
     // into this run's preparation: scaling statistics move between runs.
     let previous_centroids = previous.cluster_model.centroids();
@@ -384,16 +387,13 @@ pub fn match_ids(previous: &SegmentModel, preparation: &Preparation, centroids: 
             next += 1;
         }
     }
-    Ok(Some((ids, next)))
+    Ok((ids, next))
 }
 
 /// The customers table as a Parquet file in memory, kept with the model for the next run.
 pub fn assignments_parquet(customers: &RecordBatch) -> Result<Vec<u8>, String> {
-    let properties = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::default()))
-        .build();
     let mut bytes = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut bytes, customers.schema(), Some(properties)).map_err(|e| format!("cannot write the assignments: {e}"))?;
+    let mut writer = ArrowWriter::try_new(&mut bytes, customers.schema(), Some(crate::sink::writer_properties())).map_err(|e| format!("cannot write the assignments: {e}"))?;
     writer.write(customers).map_err(|e| format!("cannot write the assignments: {e}"))?;
     writer.close().map_err(|e| format!("cannot write the assignments: {e}"))?;
     Ok(bytes)
