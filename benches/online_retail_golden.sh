@@ -7,6 +7,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 cache="${SEGFLOW_CACHE:-$HOME/.cache/segflow}"
 venv="$cache/venv-bench"
+# The target folder .ci/run uses: a fresh ./target would rebuild DataFusion (~30 min).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi

@@ -71,6 +71,22 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Score new customers with a saved churn model, without refitting.
+    Score {
+        /// The saved model: `<output_root>/models/<stage>/run_date=<D>` or its model.json.
+        model: PathBuf,
+        /// The customers: a Parquet file, a glob or a (Hive-partitioned) folder, with the id
+        /// column and every feature the model was fitted on.
+        input: PathBuf,
+        /// The table folder to write (replaced whole, with `_manifest.json` and `_SUCCESS`).
+        #[arg(long)]
+        output: PathBuf,
+        /// Recorded in the manifest and the file names (default: a new one).
+        #[arg(long)]
+        run_id: Option<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Write the demo data set: customers and a Hive-partitioned transactions folder.
     DemoData {
         /// Folder to write into (its `transactions/` is replaced).
@@ -219,9 +235,17 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
         Command::Assign { model, input, output, run_id, engine } => {
             let run_id = run_id.unwrap_or_else(new_run_id);
             check_run_id(&run_id)?;
-            let summary = crate::assign::assign(&model, &input, &output, &run_id, &engine.options()).await?;
-            tracing::info!(rows = summary.rows, segments = summary.segments, path = %summary.path.display(), "customers assigned");
+            let summary = crate::deploy::assign(&model, &input, &output, &run_id, &engine.options()).await?;
+            tracing::info!(rows = summary.rows, path = %summary.path.display(), "customers assigned");
             let line = serde_json::json!({"command": "assign", "run_id": run_id, "rows": summary.rows, "path": summary.path.display().to_string()});
+            Ok(Some(line.to_string()))
+        }
+        Command::Score { model, input, output, run_id, engine } => {
+            let run_id = run_id.unwrap_or_else(new_run_id);
+            check_run_id(&run_id)?;
+            let summary = crate::deploy::score(&model, &input, &output, &run_id, &engine.options()).await?;
+            tracing::info!(rows = summary.rows, path = %summary.path.display(), "customers scored");
+            let line = serde_json::json!({"command": "score", "run_id": run_id, "rows": summary.rows, "path": summary.path.display().to_string()});
             Ok(Some(line.to_string()))
         }
         Command::DemoData { out, customers, seed, start, months } => {

@@ -17,9 +17,9 @@ pub enum Error {
     /// The run started and failed.
     #[error(transparent)]
     Run(#[from] RunError),
-    /// `segflow assign` failed.
+    /// `segflow assign` or `segflow score` failed.
     #[error(transparent)]
-    Assign(#[from] crate::assign::AssignError),
+    Deploy(#[from] crate::deploy::DeployError),
     /// Writing demo data failed.
     #[error(transparent)]
     Demo(#[from] crate::demo_data::DemoError),
@@ -33,8 +33,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Usage(_) => EXIT_INVALID,
-            Error::Assign(crate::assign::AssignError::Invalid(_)) => EXIT_INVALID,
-            Error::Run(_) | Error::Demo(_) | Error::Assign(_) => EXIT_RUN_FAILED,
+            Error::Deploy(crate::deploy::DeployError::Invalid(_)) => EXIT_INVALID,
+            Error::Run(_) | Error::Demo(_) | Error::Deploy(_) => EXIT_RUN_FAILED,
         }
     }
 }

@@ -4,10 +4,10 @@
 //! The flow is raw config ([`config`]) → validated plan ([`plan`]) → execution ([`run`]),
 //! with DataFusion as the one query engine ([`engine`]) and an atomic table writer ([`sink`]).
 
-pub mod assign;
 pub mod cli;
 pub mod config;
 pub mod demo_data;
+pub mod deploy;
 pub mod diag;
 pub mod engine;
 pub mod error;

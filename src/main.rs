@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let threads = match &cli.command {
-        cli::Command::Run { engine, .. } | cli::Command::Assign { engine, .. } => engine.threads,
+        cli::Command::Run { engine, .. } | cli::Command::Assign { engine, .. } | cli::Command::Score { engine, .. } => engine.threads,
         _ => None,
     };
     if let Some(threads) = threads {

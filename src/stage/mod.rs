@@ -5,7 +5,9 @@
 //! schemas without reading data ([`Stage::plan`], what `validate` runs), and produces it
 //! ([`Stage::run`]).
 
+pub mod churn;
 pub mod clean;
+pub mod features;
 pub mod segment;
 pub mod sql;
 
@@ -20,7 +22,7 @@ use crate::config::yaml::{Node, Pos};
 use crate::vars::Vars;
 
 /// Every stage kind segflow knows, by its `kind:` name.
-pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind, &clean::CleanKind, &segment::SegmentKind];
+pub static REGISTRY: &[&dyn StageKind] = &[&sql::SqlKind, &clean::CleanKind, &segment::SegmentKind, &churn::ChurnKind];
 
 /// The kind registered under `name`.
 pub fn kind(name: &str) -> Option<&'static dyn StageKind> {

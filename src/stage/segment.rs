@@ -42,9 +42,8 @@
 mod model;
 mod profile;
 
-pub use model::{MODEL_FILE, SegmentModel, read_features};
+pub use model::{MODEL_FILE, SegmentModel};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -56,12 +55,13 @@ use serde::Deserialize;
 
 use segflow_ml::cluster::{self, Algorithm, CheckedClusterParams, ClusterParams};
 use segflow_ml::kmeans::{Assignment, KChoice};
-use segflow_ml::prep::{FeatureColumn, FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
+use segflow_ml::prep::{FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
 
 use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, did_you_mean, from_node, quoted_list};
 use crate::evaluation::{EvaluationRows, Keys};
-use model::{FeatureData, PreviousRun, SegmentRecord};
+use model::{PreviousRun, SegmentRecord};
+use super::features::{feature_columns, read_features, text_views};
 use profile::{RankBy, SegmentProfile};
 
 pub struct SegmentKind;
@@ -229,6 +229,9 @@ impl StageKind for SegmentKind {
                         }
                     },
                 };
+                if spec.nulls == Some(Impute::Missing) {
+                    problems.push(at(format!("feature `{}`: k-means needs a value for every customer; `nulls: missing` is for the churn stage's trees (use `median`, `mean` or `zero`)", name.value)));
+                }
                 FeatureSpec::Numeric {
                     name: name.value.clone(),
                     transform: spec.transform.unwrap_or(Transform::None),
@@ -791,20 +794,4 @@ fn migration_to_batch(migration: Option<&(String, Vec<model::MigrationRow>)>) ->
         }
     }
     RecordBatch::try_new(migration_schema(), vec![Arc::new(date.finish()), Arc::new(from.finish()), Arc::new(to.finish()), Arc::new(customers.finish())])
-}
-
-/// Text columns as the preparation reads them: borrowed values.
-pub fn text_views(data: &FeatureData) -> BTreeMap<&str, Vec<Option<&str>>> {
-    data.text.iter().map(|(name, values)| (name.as_str(), values.iter().map(|v| v.as_deref()).collect())).collect()
-}
-
-/// The columns of `features` (name, kind), in order, as the preparation reads them.
-pub fn feature_columns<'a>(data: &'a FeatureData, text: &'a BTreeMap<&'a str, Vec<Option<&'a str>>>, features: &[(&str, FeatureKind)]) -> Vec<FeatureColumn<'a>> {
-    features
-        .iter()
-        .map(|(name, kind)| match kind {
-            FeatureKind::Numeric => FeatureColumn::Numeric(data.numeric.get(*name).map(Vec::as_slice).unwrap_or(&[])),
-            FeatureKind::Categorical => FeatureColumn::Categorical(text.get(*name).map(Vec::as_slice).unwrap_or(&[])),
-        })
-        .collect()
 }

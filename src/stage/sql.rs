@@ -5,6 +5,7 @@
 //!   kind: sql
 //!   inputs: [transactions, customers]      # the only tables the query may read
 //!   file: ../sql/customer_features.sql     # or `query: SELECT …`
+//!   bind: { as_of: observation_date }       # optional: ${as_of} takes observation_date's value
 //! ```
 //! Inputs and upstream stages are tables by name. `${name}` binds a pipeline variable as a
 //! typed literal (see [`crate::vars`]). The query must be a single SELECT (or WITH … SELECT):
@@ -21,7 +22,7 @@ use datafusion::prelude::DataFrame;
 use serde::Deserialize;
 
 use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
-use crate::config::yaml::{At, Node, Pos, did_you_mean, from_node, quoted_list};
+use crate::config::yaml::{At, Node, OrderedMap, Pos, did_you_mean, from_node, quoted_list};
 use crate::engine::describe_datafusion_error;
 use crate::vars::{BoundSql, bind_sql};
 
@@ -37,6 +38,10 @@ struct SqlParams {
     /// A file holding the query, relative to the pipeline file (e.g. `../sql/features.sql`).
     #[serde(default)]
     file: Option<At<String>>,
+    /// `${name}` in this query takes the value of another pipeline variable: `{ as_of:
+    /// observation_date }` runs a feature query written for `as_of` at the observation date.
+    #[serde(default)]
+    bind: Option<OrderedMap<At<String>>>,
 }
 
 /// Where the query text came from, to turn a position in the query into one in a file.
@@ -110,10 +115,29 @@ impl StageKind for SqlKind {
         };
         let bound = bind_sql(&text)
             .map_err(|errors| errors.into_iter().map(|e| origin.problem(e.line, e.column, e.message)).collect::<Vec<_>>())?;
+        let mut renames = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, source) in params.bind.map(|b| b.0).unwrap_or_default() {
+            if !ctx.vars.contains_key(&source.value) {
+                problems.push(StageProblem {
+                    file: None,
+                    pos: Some(source.pos),
+                    message: format!("`bind.{}` names `{}`, which is not a pipeline variable; defined: {}", name.value, source.value, quoted_list(ctx.vars.keys().map(String::as_str))),
+                    suggestion: did_you_mean(&source.value, ctx.vars.keys().map(String::as_str)),
+                });
+            } else if !bound.refs.iter().any(|r| r.name == name.value) {
+                problems.push(StageProblem::at(name.pos, format!("`bind.{}`: the query never uses `${{{}}}`", name.value, name.value)));
+            } else {
+                renames.insert(name.value, source.value);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let undefined: Vec<StageProblem> = bound
             .refs
             .iter()
-            .filter(|r| !ctx.vars.contains_key(&r.name))
+            .filter(|r| !renames.contains_key(&r.name) && !ctx.vars.contains_key(&r.name))
             .map(|r| {
                 let mut problem = origin.problem(
                     r.line,
@@ -127,7 +151,7 @@ impl StageKind for SqlKind {
         if !undefined.is_empty() {
             return Err(undefined);
         }
-        Ok(Box::new(SqlStage { bound, origin, inputs: ctx.inputs.to_vec() }))
+        Ok(Box::new(SqlStage { bound, origin, inputs: ctx.inputs.to_vec(), renames }))
     }
 }
 
@@ -158,6 +182,8 @@ struct SqlStage {
     bound: BoundSql,
     origin: SqlOrigin,
     inputs: Vec<String>,
+    /// Variable the query names → pipeline variable whose value it takes (`bind:`).
+    renames: HashMap<String, String>,
 }
 
 impl SqlStage {
@@ -228,7 +254,10 @@ impl SqlStage {
             .bound
             .refs
             .iter()
-            .filter_map(|r| ctx.vars.get(&r.name).map(|v| (r.name.clone(), v.to_scalar())))
+            .filter_map(|r| {
+                let source = self.renames.get(&r.name).unwrap_or(&r.name);
+                ctx.vars.get(source).map(|v| (r.name.clone(), v.to_scalar()))
+            })
             .collect();
         let plan = if values.is_empty() {
             plan

@@ -328,7 +328,8 @@ fn segment_stage_mistakes_are_reported_with_their_place() {
 fn online_retail_inertia_is_within_0_1_percent_of_scikit_learn_from_the_same_start() {
     use segflow::ml::kmeans::lloyd_from;
     use segflow::ml::prep::FeatureKind;
-    use segflow::stage::segment::{SegmentModel, feature_columns, read_features, text_views};
+    use segflow::stage::features::{feature_columns, read_features, text_views};
+    use segflow::stage::segment::SegmentModel;
 
     let source = crate::util::repo().join("../shared/data/online_retail/online_retail.parquet");
     assert!(source.exists(), "the Online Retail data belongs in ../shared/data: {}", source.display());

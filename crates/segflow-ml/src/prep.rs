@@ -133,6 +133,10 @@ pub enum Impute {
     Mean,
     /// Zero.
     Zero,
+    /// Nulls stay missing: they come out as NaN, for models that treat a missing value as
+    /// information of its own (the forest sends NaN down one side of every split). Statistics
+    /// (winsor bounds, scaling) are computed over the non-null values. k-means cannot use it.
+    Missing,
 }
 
 impl fmt::Display for Impute {
@@ -142,6 +146,7 @@ impl fmt::Display for Impute {
             Self::Median => "median",
             Self::Mean => "mean",
             Self::Zero => "zero",
+            Self::Missing => "missing",
         })
     }
 }
@@ -456,7 +461,7 @@ pub struct WinsorBounds {
 pub struct FittedNumeric {
     pub name: String,
     pub impute: Impute,
-    /// What nulls are replaced with; `None` exactly when `impute` is `fail`.
+    /// What nulls are replaced with; `None` exactly when `impute` is `fail` or `missing`.
     pub fill_value: Option<f64>,
     pub winsorize: Option<WinsorBounds>,
     pub transform: Transform,
@@ -509,7 +514,7 @@ impl FittedNumeric {
             ));
         }
         let fill_is_valid = match (self.impute, self.fill_value) {
-            (Impute::Fail, None) => true,
+            (Impute::Fail | Impute::Missing, None) => true,
             (Impute::Zero, Some(value)) => value == 0.0,
             (Impute::Median | Impute::Mean, Some(value)) => value.is_finite(),
             _ => false,
@@ -947,15 +952,20 @@ fn prepare_numeric_column(
     values: &[Option<f64>],
     mut write: impl FnMut(usize, f64),
 ) -> Result<(), PrepError> {
-    check_numeric_values(&numeric.name, values, numeric.fill_value.is_none())?;
-    // Nulls were refused above when there is no fill value, so the default is never used.
-    let fill = numeric.fill_value.unwrap_or(0.0);
+    check_numeric_values(&numeric.name, values, numeric.impute == Impute::Fail)?;
+    // Nulls were refused above when there is no fill value and they may not stay missing.
+    let fill = numeric.fill_value.unwrap_or(f64::NAN);
     let mut outside_domain = 0;
     let mut smallest_outside = f64::INFINITY;
     let mut overflows = 0;
     let mut first_overflow = None;
     for (row, value) in values.iter().enumerate() {
         let value = value.unwrap_or(fill);
+        if value.is_nan() {
+            // A null kept missing (`Impute::Missing`): NaN through every step.
+            write(row, f64::NAN);
+            continue;
+        }
         match numeric.prepare(value) {
             Ok(prepared) => write(row, prepared),
             Err(ValueProblem::OutsideLog1pDomain(clipped)) => {
@@ -1031,22 +1041,26 @@ fn fit_numeric(
     let fill_value = match impute {
         Impute::Fail => None,
         Impute::Zero => Some(0.0),
-        Impute::Median | Impute::Mean if present.is_empty() => {
+        Impute::Median | Impute::Mean | Impute::Missing if present.is_empty() => {
             return Err(PrepError::AllNull {
                 column: name.to_owned(),
                 rows: values.len(),
                 impute,
             });
         }
-        Impute::Median => Some(median(&sorted(present))),
+        Impute::Median => Some(median(&sorted(present.clone()))),
         Impute::Mean => Some(mean(&present)),
+        Impute::Missing => None,
     };
     if fill_value.is_some_and(|value| !value.is_finite()) {
         return Err(non_finite_statistic("fill value for nulls"));
     }
-    // Nulls were refused above when there is no fill value, so the default is never used.
-    let fill = fill_value.unwrap_or(0.0);
-    let mut current: Vec<f64> = values.iter().map(|value| value.unwrap_or(fill)).collect();
+    // Nulls were refused above when there is no fill value, unless they stay missing: then
+    // the statistics below are of the non-null values, and nulls become NaN at transform.
+    let mut current: Vec<f64> = match fill_value {
+        Some(fill) => values.iter().map(|value| value.unwrap_or(fill)).collect(),
+        None => present.clone(),
+    };
 
     // 2. Winsorize at quantiles of the imputed values.
     let winsor_bounds = winsorize.map(|(lower_quantile, upper_quantile)| {

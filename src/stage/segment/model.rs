@@ -15,11 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::{cast, concat};
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::logical_expr::{cast as cast_expr, ident};
-use datafusion::prelude::DataFrame;
 use ndarray::{Array2, ArrayView2};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -169,101 +167,6 @@ impl SegmentModel {
     pub fn segment_ids(&self) -> Vec<i32> {
         self.segments.iter().map(|s| s.id).collect()
     }
-}
-
-/// The columns a segment stage (or `assign`) reads, one value per customer, ordered by id.
-pub struct FeatureData {
-    /// Sorted ascending, unique, no nulls.
-    pub ids: ArrayRef,
-    pub numeric: BTreeMap<String, Vec<Option<f64>>>,
-    pub text: BTreeMap<String, Vec<Option<String>>>,
-}
-
-impl FeatureData {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
-/// Reads `id`, `numeric` (as float64) and `categorical` (as text) from `frame`, ordered by id
-/// so that the fit sees the same rows in the same order whatever the files and threads.
-/// `what` names the source in messages. A null or repeated id is an error: a segment table
-/// has one row per customer.
-pub async fn read_features(frame: DataFrame, id: &str, numeric: &[String], categorical: &[String], what: &str) -> Result<FeatureData, String> {
-    let describe = |e: datafusion::error::DataFusionError| format!("{what}: {}", crate::engine::describe_datafusion_error(&e));
-    let mut exprs = vec![ident(id)];
-    for name in numeric {
-        exprs.push(cast_expr(ident(name), DataType::Float64).alias(name));
-    }
-    for name in categorical {
-        if !numeric.contains(name) {
-            exprs.push(cast_expr(ident(name), DataType::Utf8).alias(name));
-        }
-    }
-    let batches = frame
-        .select(exprs)
-        .and_then(|f| f.sort(vec![ident(id).sort(true, true)]))
-        .map_err(describe)?
-        .collect()
-        .await
-        .map_err(describe)?;
-    let column = |name: &str| -> Result<ArrayRef, String> {
-        let parts: Vec<&dyn Array> = batches.iter().filter_map(|b| b.column_by_name(name)).map(|c| c.as_ref()).collect();
-        if parts.is_empty() {
-            // No batches at all: an empty column of the right type.
-            return Ok(datafusion::arrow::array::new_empty_array(&DataType::Null));
-        }
-        concat(&parts).map_err(|e| format!("{what}: column `{name}`: {e}"))
-    };
-    let ids = column(id)?;
-    if ids.null_count() > 0 {
-        return Err(format!("{what}: {} rows have no `{id}`; every customer needs an id", ids.null_count()));
-    }
-    // Sorted, so a repeated id sits next to itself; compare rows in Arrow's row format,
-    // which works for any id type.
-    if ids.len() > 1 {
-        let converter = RowConverter::new(vec![SortField::new(ids.data_type().clone())]).map_err(|e| format!("{what}: `{id}`: {e}"))?;
-        let rows = converter.convert_columns(&[ids.clone()]).map_err(|e| format!("{what}: `{id}`: {e}"))?;
-        let mut repeated = 0usize;
-        let mut example = None;
-        for i in 1..rows.num_rows() {
-            if rows.row(i) == rows.row(i - 1) {
-                repeated += 1;
-                example.get_or_insert(i);
-            }
-        }
-        if let Some(i) = example {
-            let shown = datafusion::arrow::util::display::array_value_to_string(&ids, i).unwrap_or_default();
-            return Err(format!("{what}: `{id}` is not unique: {repeated} rows repeat an earlier id (e.g. {shown}); segments need one row per customer"));
-        }
-    }
-    let mut data = FeatureData { ids, numeric: BTreeMap::new(), text: BTreeMap::new() };
-    for name in numeric {
-        let values = column(name)?;
-        let values: Vec<Option<f64>> = if values.data_type() == &DataType::Null {
-            Vec::new()
-        } else {
-            values.as_primitive::<Float64Type>().iter().collect()
-        };
-        data.numeric.insert(name.clone(), values);
-    }
-    for name in categorical {
-        let values = column(name)?;
-        let values = if values.data_type() == &DataType::Utf8 {
-            values.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect()
-        } else if values.data_type() == &DataType::Null {
-            Vec::new()
-        } else {
-            let as_text = cast(&values, &DataType::Utf8).map_err(|e| format!("{what}: column `{name}`: {e}"))?;
-            as_text.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect()
-        };
-        data.text.insert(name.clone(), values);
-    }
-    Ok(data)
 }
 
 /// The latest committed model of a stage from a run date before this one.

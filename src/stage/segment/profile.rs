@@ -15,7 +15,7 @@
 use ndarray::{ArrayView2, Axis};
 use serde::Deserialize;
 
-use super::model::FeatureData;
+use crate::stage::features::FeatureData;
 
 /// How segments are ranked best → worst.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -376,6 +376,44 @@ fn impute_mean_and_zero_fill_nulls_with_the_mean_and_with_zero() -> TestResult {
 }
 
 #[test]
+fn impute_missing_keeps_nulls_as_nan_and_fits_statistics_on_the_present_values() -> TestResult {
+    // Present values [1, 3, 5]: mean 3, population std sqrt(8/3).
+    let spend = vec![Some(1.0), None, Some(3.0), Some(5.0)];
+    let preparation = Preparation::fit(
+        &[numeric(
+            "spend",
+            Transform::None,
+            None,
+            Scaling::Standardize,
+            Impute::Missing,
+        )],
+        &[FeatureColumn::Numeric(&spend)],
+    )?;
+    let fitted = only_numeric(&preparation);
+    assert_eq!(fitted.fill_value, None);
+    assert_eq!(fitted.center, 3.0);
+    assert!((fitted.scale - (8.0_f64 / 3.0).sqrt()).abs() < 1e-15);
+    let prepared = preparation.transform(&[FeatureColumn::Numeric(&spend)])?;
+    assert!(prepared[[1, 0]].is_nan(), "a null stays missing");
+    assert_eq!(prepared[[0, 0]], -2.0 / fitted.scale);
+    assert_eq!(prepared[[2, 0]], 0.0);
+    // Saved and loaded, it still keeps nulls missing.
+    let json = serde_json::to_string(&preparation)?;
+    let loaded: Preparation = serde_json::from_str(&json)?;
+    assert!(loaded.transform(&[FeatureColumn::Numeric(&[None])])?[[0, 0]].is_nan());
+    // A column with no value at all carries nothing to keep.
+    let empty = vec![None, None];
+    assert!(matches!(
+        fit_error(
+            &[numeric("spend", Transform::None, None, Scaling::None, Impute::Missing)],
+            &[FeatureColumn::Numeric(&empty)],
+        ),
+        PrepError::AllNull { .. }
+    ));
+    Ok(())
+}
+
+#[test]
 fn impute_fail_refuses_nulls_naming_the_column_and_their_count() -> TestResult {
     let spend = vec![Some(1.0), None, Some(2.0), None];
     let error = fit_error(

@@ -1,0 +1,1096 @@
+//! `kind: churn` — who is likely to leave: a random forest (and a single decision tree as the
+//! baseline) trained on a seeded split, evaluated honestly, and a churn score with its reasons
+//! for every customer.
+//!
+//! ```yaml
+//! - name: churn
+//!   kind: churn
+//!   inputs: [features_at_observation, transactions, customer_features, segments]
+//!   table: features_at_observation       # training table, one row per customer (default: first input)
+//!   id: customer_id
+//!   label:                               # or a column: `label: churned`, `label: { column: Churn, positive: "Yes" }`
+//!     transactions: transactions         # churned = no transaction in the window
+//!     customer: customer_id              # default: `id`
+//!     time: invoice_ts
+//!     observation_date: observation_date # a date, or a pipeline variable holding one
+//!     lead_days: 0
+//!     window_days: 90
+//!   features:                            # numeric unless one_hot; nulls: missing (default) | median | mean | zero | fail
+//!     recency_days: {}
+//!     region: { one_hot: true, max_levels: 20 }
+//!   split: { method: stratified, test_size: 0.25 }   # or { method: time, column: signup_date, test_from: 2024-07-01 }
+//!   cross_validation: 5                  # optional: k-fold metrics on the training split
+//!   forest: { n_trees: 100, max_depth: null, min_samples_leaf: 1, min_samples_split: 2, max_features: sqrt,
+//!             bootstrap: true, max_samples: null, class_weight: none, oob_score: true, max_bins: 256 }
+//!   baseline: { max_depth: null }        # the decision tree
+//!   threshold: { policy: max_f1 }        # or { policy: fixed, value: 0.5 } or { policy: target_recall, recall: 0.8 }
+//!   explain: 3                           # contributing features named per customer
+//!   permutation_repeats: 5
+//!   score: customer_features             # customers to score (default: the training table)
+//!   segments: segments                   # a segment stage: churn per segment
+//! ```
+//!
+//! **Honest evaluation.** The preparation (imputation, one-hot levels) is fitted on the
+//! training split only. The threshold is chosen on out-of-sample training predictions (the
+//! forest's out-of-bag probabilities; 5-fold out-of-fold predictions for the tree, or a forest
+//! without bootstrap) and applied unchanged to the test split, so no test label shapes a
+//! test metric. Train metrics are in-sample and say how much the model memorised.
+//!
+//! Results: `<stage>` one row per scored customer (the README documents it),
+//! `<stage>_by_segment` and `<stage>_evaluation`. The model is saved to
+//! `<output_root>/models/<stage>/run_date=<D>/model.json` with the run's tables.
+
+mod evaluate;
+pub mod label;
+mod model;
+
+pub use model::{ChurnModel, MODEL_FILE, Score, scores_batch, scores_schema};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, RecordBatch};
+use datafusion::arrow::compute::{cast as cast_array, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::functions_aggregate::expr_fn::{avg, count, sum};
+use datafusion::logical_expr::{cast, ident, lit};
+use datafusion::prelude::{DataFrame, JoinType, SessionContext};
+use ndarray::{Array2, ArrayView2, Axis};
+use serde::Deserialize;
+
+use segflow_ml::forest::{ClassWeight, DecisionTree, DecisionTreeParams, ForestParams, MaxFeatures, RandomForest};
+use segflow_ml::metrics::{self, ThresholdPolicy};
+use segflow_ml::prep::{FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
+use segflow_ml::split::{self, Split};
+
+use super::features::{FeatureData, feature_columns, read_features, text_views};
+use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
+use crate::config::yaml::{At, Node, OrderedMap, Value, did_you_mean, from_node, quoted_list};
+use crate::evaluation::{EvaluationRows, Keys};
+use label::{LABEL_COLUMN, LabelPlan, ObservationDate};
+use model::ThresholdRecord;
+
+pub struct ChurnKind;
+
+const FOREST: &str = "random_forest";
+const TREE: &str = "decision_tree";
+/// Carries a time split's column into memory as microseconds since the epoch.
+const TIME_COLUMN: &str = "__segflow_split_time";
+const SEGMENT_ID_COLUMN: &str = "__segflow_segment_id";
+const DEFAULT_MAX_LEVELS: usize = 20;
+/// Folds of the out-of-fold predictions a threshold is chosen on when there is no OOB.
+const THRESHOLD_FOLDS: usize = 5;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChurnParams {
+    id: At<String>,
+    features: OrderedMap<Option<FeatureParams>>,
+    #[serde(default)]
+    table: Option<At<String>>,
+    #[serde(default)]
+    score: Option<At<String>>,
+    #[serde(default)]
+    segments: Option<At<String>>,
+    #[serde(default)]
+    split: Option<At<SplitParams>>,
+    #[serde(default)]
+    cross_validation: Option<At<usize>>,
+    #[serde(default)]
+    forest: Option<ForestConfig>,
+    #[serde(default)]
+    baseline: Option<TreeConfig>,
+    #[serde(default)]
+    threshold: Option<At<ThresholdParams>>,
+    #[serde(default)]
+    explain: Option<At<usize>>,
+    #[serde(default)]
+    permutation_repeats: Option<At<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelParams {
+    #[serde(default)]
+    column: Option<At<String>>,
+    #[serde(default)]
+    positive: Option<At<String>>,
+    #[serde(default)]
+    transactions: Option<At<String>>,
+    #[serde(default)]
+    customer: Option<At<String>>,
+    #[serde(default)]
+    time: Option<At<String>>,
+    #[serde(default)]
+    observation_date: Option<At<String>>,
+    #[serde(default)]
+    lead_days: Option<u32>,
+    #[serde(default)]
+    window_days: Option<At<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureParams {
+    #[serde(default)]
+    nulls: Option<Impute>,
+    #[serde(default)]
+    one_hot: bool,
+    #[serde(default)]
+    max_levels: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SplitMethod {
+    Stratified,
+    Time,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitParams {
+    #[serde(default)]
+    method: Option<SplitMethod>,
+    #[serde(default)]
+    test_size: Option<At<f64>>,
+    #[serde(default)]
+    column: Option<At<String>>,
+    #[serde(default)]
+    test_from: Option<At<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum MaxFeaturesSetting {
+    Fraction(f64),
+    Word(String),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ClassWeightSetting {
+    None,
+    Balanced,
+    BalancedSubsample,
+}
+
+impl From<ClassWeightSetting> for ClassWeight {
+    fn from(setting: ClassWeightSetting) -> Self {
+        match setting {
+            ClassWeightSetting::None => ClassWeight::None,
+            ClassWeightSetting::Balanced => ClassWeight::Balanced,
+            ClassWeightSetting::BalancedSubsample => ClassWeight::BalancedSubsample,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForestConfig {
+    #[serde(default)]
+    n_trees: Option<usize>,
+    #[serde(default)]
+    max_depth: Option<usize>,
+    #[serde(default)]
+    min_samples_split: Option<usize>,
+    #[serde(default)]
+    min_samples_leaf: Option<usize>,
+    #[serde(default)]
+    max_features: Option<At<MaxFeaturesSetting>>,
+    #[serde(default)]
+    bootstrap: Option<bool>,
+    #[serde(default)]
+    max_samples: Option<f64>,
+    #[serde(default)]
+    class_weight: Option<ClassWeightSetting>,
+    #[serde(default)]
+    oob_score: Option<bool>,
+    #[serde(default)]
+    max_bins: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeConfig {
+    #[serde(default)]
+    max_depth: Option<usize>,
+    #[serde(default)]
+    min_samples_split: Option<usize>,
+    #[serde(default)]
+    min_samples_leaf: Option<usize>,
+    #[serde(default)]
+    max_features: Option<At<MaxFeaturesSetting>>,
+    #[serde(default)]
+    class_weight: Option<ClassWeightSetting>,
+    #[serde(default)]
+    max_bins: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PolicyName {
+    Fixed,
+    MaxF1,
+    TargetRecall,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdParams {
+    policy: PolicyName,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(default)]
+    recall: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+enum SplitPlan {
+    Stratified { test_size: f64 },
+    Time { column: At<String>, test_from: NaiveDate },
+}
+
+#[derive(Debug, Clone)]
+struct PlannedFeature {
+    name: At<String>,
+    spec: FeatureSpec,
+}
+
+impl PlannedFeature {
+    fn is_numeric(&self) -> bool {
+        matches!(self.spec, FeatureSpec::Numeric { .. })
+    }
+}
+
+#[derive(Debug)]
+struct ChurnStage {
+    table: String,
+    score: Option<String>,
+    segments: Option<String>,
+    id: At<String>,
+    label: LabelPlan,
+    features: Vec<PlannedFeature>,
+    split: SplitPlan,
+    cv_folds: Option<usize>,
+    /// Checked at build; the stage seed is set at run.
+    forest: ForestParams,
+    tree: DecisionTreeParams,
+    threshold: ThresholdPolicy,
+    explain: usize,
+    permutation_repeats: usize,
+}
+
+fn max_features(setting: &At<MaxFeaturesSetting>) -> Result<MaxFeatures, StageProblem> {
+    match &setting.value {
+        MaxFeaturesSetting::Word(w) if w == "sqrt" => Ok(MaxFeatures::Sqrt),
+        MaxFeaturesSetting::Word(w) if w == "log2" => Ok(MaxFeatures::Log2),
+        MaxFeaturesSetting::Word(w) if w == "all" => Ok(MaxFeatures::All),
+        MaxFeaturesSetting::Fraction(f) if *f > 0.0 && *f <= 1.0 => Ok(MaxFeatures::Fraction(*f)),
+        _ => Err(StageProblem::at(setting.pos, "`max_features` is `sqrt`, `log2`, `all` or a fraction of the features in (0, 1], e.g. 0.3")),
+    }
+}
+
+/// The stage's parameters without `label`, and the `label` node: a label is either a column
+/// name or a mapping, and each form gets its own precise errors.
+fn split_label(params: &Node) -> (Node, Option<&Node>) {
+    match &params.value {
+        Value::Map(entries) => {
+            let label = entries.iter().find(|(k, _)| k.as_str() == Some("label")).map(|(_, v)| v);
+            let rest = entries.iter().filter(|(k, _)| k.as_str() != Some("label")).cloned().collect();
+            (Node::new(params.pos, Value::Map(rest)), label)
+        }
+        _ => (params.clone(), None),
+    }
+}
+
+fn parse_label(node: Option<&Node>, stage_pos: crate::config::yaml::Pos, id: &At<String>, inputs: &[String], ctx: &BuildContext<'_>, problems: &mut Vec<StageProblem>) -> Option<LabelPlan> {
+    let Some(node) = node else {
+        problems.push(StageProblem::at(
+            stage_pos,
+            "a churn stage needs `label`: a column (`label: churned`) or a definition on transactions (`label: { transactions: …, time: …, observation_date: …, window_days: 90 }`)",
+        ));
+        return None;
+    };
+    if let Some(column) = node.as_str() {
+        return Some(LabelPlan::Column { column: At { pos: node.pos, value: column.to_string() }, positive: None });
+    }
+    let params: LabelParams = match from_node(node) {
+        Ok(p) => p,
+        Err(e) => {
+            problems.push(StageProblem { file: None, pos: e.pos, message: e.message, suggestion: e.suggestion });
+            return None;
+        }
+    };
+    match (params.column, params.transactions) {
+        (Some(column), None) => {
+            for (key, given) in [("customer", params.customer.is_some()), ("time", params.time.is_some()), ("observation_date", params.observation_date.is_some()), ("lead_days", params.lead_days.is_some()), ("window_days", params.window_days.is_some())] {
+                if given {
+                    problems.push(StageProblem::at(node.pos, format!("`label.{key}` belongs to a label defined on transactions; this label is the column `{}`", column.value)));
+                }
+            }
+            Some(LabelPlan::Column { column, positive: params.positive.map(|p| p.value) })
+        }
+        (None, Some(transactions)) => {
+            if let Some(p) = &params.positive {
+                problems.push(StageProblem::at(p.pos, "`label.positive` is for a label column; a transaction label is churned = no transaction in the window"));
+            }
+            if !inputs.contains(&transactions.value) {
+                problems.push(StageProblem {
+                    file: None,
+                    pos: Some(transactions.pos),
+                    message: format!("`label.transactions` is `{}`, which is not among the stage's inputs ({})", transactions.value, quoted_list(inputs.iter().map(String::as_str))),
+                    suggestion: did_you_mean(&transactions.value, inputs.iter().map(String::as_str)),
+                });
+            }
+            let (Some(time), Some(observation), Some(window)) = (params.time, params.observation_date, params.window_days) else {
+                problems.push(StageProblem::at(node.pos, "a label on transactions needs `time` (the transaction timestamp), `observation_date` and `window_days`"));
+                return None;
+            };
+            let observation = match crate::vars::parse_date(&observation.value) {
+                Some(date) => ObservationDate::Literal(date),
+                None => match ctx.vars.get(&observation.value) {
+                    Some(crate::vars::VarValue::Date(_)) => ObservationDate::Var(observation.value.clone()),
+                    Some(other) => {
+                        problems.push(StageProblem::at(observation.pos, format!("`observation_date` names the variable `{}`, which is {}, not a date", observation.value, other.type_name())));
+                        return None;
+                    }
+                    None => {
+                        problems.push(StageProblem {
+                            file: None,
+                            pos: Some(observation.pos),
+                            message: format!("`observation_date` is a date (YYYY-MM-DD) or a pipeline variable holding one; `{}` is neither", observation.value),
+                            suggestion: did_you_mean(&observation.value, ctx.vars.keys().map(String::as_str)),
+                        });
+                        return None;
+                    }
+                },
+            };
+            if window.value == 0 {
+                problems.push(StageProblem::at(window.pos, "`window_days` must be at least 1"));
+            }
+            Some(LabelPlan::Transactions {
+                table: transactions,
+                customer: params.customer.unwrap_or_else(|| id.clone()),
+                time,
+                observation,
+                lead_days: params.lead_days.unwrap_or(0),
+                window_days: window.value,
+            })
+        }
+        (Some(column), Some(_)) => {
+            problems.push(StageProblem::at(column.pos, "`label` is either a `column` or a definition on `transactions`, not both"));
+            None
+        }
+        (None, None) => {
+            problems.push(StageProblem::at(node.pos, "`label` needs `column` (a boolean, 0/1 or text column) or `transactions` (churned = no transaction in a window)"));
+            None
+        }
+    }
+}
+
+impl StageKind for ChurnKind {
+    fn name(&self) -> &'static str {
+        "churn"
+    }
+
+    fn build(&self, node: &Node, ctx: &BuildContext<'_>) -> Result<Box<dyn Stage>, Vec<StageProblem>> {
+        let (rest, label_node) = split_label(node);
+        let params: ChurnParams = from_node(&rest).map_err(|e| vec![StageProblem { file: None, pos: e.pos, message: e.message, suggestion: e.suggestion }])?;
+        let mut problems = Vec::new();
+        let inputs = ctx.inputs;
+        let mut named_input = |what: &str, setting: &Option<At<String>>| -> Option<String> {
+            let setting = setting.as_ref()?;
+            if !inputs.contains(&setting.value) {
+                problems.push(StageProblem {
+                    file: None,
+                    pos: Some(setting.pos),
+                    message: format!("`{what}` is `{}`, which is not among the stage's inputs ({})", setting.value, quoted_list(inputs.iter().map(String::as_str))),
+                    suggestion: did_you_mean(&setting.value, inputs.iter().map(String::as_str)),
+                });
+            }
+            Some(setting.value.clone())
+        };
+        let table = named_input("table", &params.table).or_else(|| inputs.first().cloned());
+        let score = named_input("score", &params.score);
+        let segments = named_input("segments", &params.segments);
+        let Some(table) = table else {
+            return Err(vec![StageProblem { file: None, pos: None, message: "a churn stage reads at least one input: the training table, one row per customer".to_string(), suggestion: None }]);
+        };
+        let label = parse_label(label_node, node.pos, &params.id, inputs, ctx, &mut problems);
+
+        let mut features = Vec::new();
+        for (name, spec) in params.features.0 {
+            let spec = spec.unwrap_or_default();
+            let planned = if spec.one_hot {
+                if spec.nulls.is_some() {
+                    problems.push(StageProblem::at(name.pos, format!("feature `{}` is one-hot: a null sets none of its columns; `nulls` applies to numeric features", name.value)));
+                }
+                let max_levels = spec.max_levels.unwrap_or(DEFAULT_MAX_LEVELS);
+                if max_levels == 0 {
+                    problems.push(StageProblem::at(name.pos, format!("feature `{}`: `max_levels` must be at least 1", name.value)));
+                }
+                FeatureSpec::Categorical { name: name.value.clone(), max_levels }
+            } else {
+                if spec.max_levels.is_some() {
+                    problems.push(StageProblem::at(name.pos, format!("feature `{}`: `max_levels` applies to `one_hot: true` features only", name.value)));
+                }
+                // Trees need no scaling or transform; a missing value is information of its own.
+                FeatureSpec::Numeric { name: name.value.clone(), transform: Transform::None, winsorize: None, scaling: Scaling::None, impute: spec.nulls.unwrap_or(Impute::Missing) }
+            };
+            features.push(PlannedFeature { name, spec: planned });
+        }
+        if features.is_empty() {
+            problems.push(StageProblem::at(node.pos, "`features` is empty: name the columns the model learns from"));
+        }
+        if let Some(LabelPlan::Column { column, .. }) = &label
+            && let Some(f) = features.iter().find(|f| f.name.value == column.value)
+        {
+            problems.push(StageProblem::at(f.name.pos, format!("`{}` is the label: a model that reads its own answer learns nothing", column.value)));
+        }
+
+        let split = match params.split {
+            None => SplitPlan::Stratified { test_size: 0.25 },
+            Some(At { value: s, pos }) => match s.method.unwrap_or(SplitMethod::Stratified) {
+                SplitMethod::Stratified => {
+                    if s.column.is_some() || s.test_from.is_some() {
+                        problems.push(StageProblem::at(pos, "`column` and `test_from` belong to `method: time`"));
+                    }
+                    let test_size = s.test_size.as_ref().map(|t| t.value).unwrap_or(0.25);
+                    if !(test_size > 0.0 && test_size < 1.0) {
+                        problems.push(StageProblem::at(s.test_size.map(|t| t.pos).unwrap_or(pos), "`test_size` is the share of customers held out for testing, strictly between 0 and 1 (e.g. 0.25)"));
+                    }
+                    SplitPlan::Stratified { test_size }
+                }
+                SplitMethod::Time => {
+                    if let Some(t) = &s.test_size {
+                        problems.push(StageProblem::at(t.pos, "`test_size` belongs to `method: stratified`; a time split tests on the customers from `test_from` on"));
+                    }
+                    match (s.column, s.test_from) {
+                        (Some(column), Some(from)) => match crate::vars::parse_date(&from.value) {
+                            Some(test_from) => SplitPlan::Time { column, test_from },
+                            None => {
+                                problems.push(StageProblem::at(from.pos, "`test_from` is a date, YYYY-MM-DD"));
+                                SplitPlan::Stratified { test_size: 0.25 }
+                            }
+                        },
+                        _ => {
+                            problems.push(StageProblem::at(pos, "a time split needs `column` (a date or timestamp of each customer) and `test_from` (customers from this date on are the test split)"));
+                            SplitPlan::Stratified { test_size: 0.25 }
+                        }
+                    }
+                }
+            },
+        };
+        let cv_folds = match params.cross_validation {
+            Some(At { value, .. }) if value >= 2 => Some(value),
+            Some(At { pos, .. }) => {
+                problems.push(StageProblem::at(pos, "`cross_validation` is a number of folds, at least 2 (e.g. 5)"));
+                None
+            }
+            None => None,
+        };
+
+        let config = params.forest.unwrap_or_default();
+        let mut forest = ForestParams::new().oob_score(true);
+        if let Some(n) = config.n_trees {
+            forest = forest.n_trees(n);
+        }
+        forest = forest.max_depth(config.max_depth);
+        if let Some(n) = config.min_samples_split {
+            forest = forest.min_samples_split(n);
+        }
+        if let Some(n) = config.min_samples_leaf {
+            forest = forest.min_samples_leaf(n);
+        }
+        if let Some(setting) = &config.max_features {
+            match max_features(setting) {
+                Ok(m) => forest = forest.max_features(m),
+                Err(p) => problems.push(p),
+            }
+        }
+        if let Some(b) = config.bootstrap {
+            forest = forest.bootstrap(b);
+        }
+        forest = forest.max_samples(config.max_samples);
+        if let Some(c) = config.class_weight {
+            forest = forest.class_weight(c.into());
+        }
+        if let Some(o) = config.oob_score {
+            forest = forest.oob_score(o);
+        }
+        if let Some(b) = config.max_bins {
+            forest = forest.max_bins(b);
+        }
+        if let Err(e) = forest.clone().check() {
+            problems.push(StageProblem { file: None, pos: None, message: format!("forest: {e}"), suggestion: None });
+        }
+
+        let baseline = params.baseline.unwrap_or_default();
+        let mut tree = DecisionTreeParams::new().max_depth(baseline.max_depth);
+        if let Some(n) = baseline.min_samples_split {
+            tree = tree.min_samples_split(n);
+        }
+        if let Some(n) = baseline.min_samples_leaf {
+            tree = tree.min_samples_leaf(n);
+        }
+        if let Some(setting) = &baseline.max_features {
+            match max_features(setting) {
+                Ok(m) => tree = tree.max_features(m),
+                Err(p) => problems.push(p),
+            }
+        }
+        if let Some(c) = baseline.class_weight {
+            tree = tree.class_weight(c.into());
+        }
+        if let Some(b) = baseline.max_bins {
+            tree = tree.max_bins(b);
+        }
+        if let Err(e) = tree.clone().check() {
+            problems.push(StageProblem { file: None, pos: None, message: format!("baseline: {e}"), suggestion: None });
+        }
+
+        let threshold = match params.threshold {
+            None => ThresholdPolicy::MaxF1,
+            Some(At { value: t, pos }) => match (t.policy, t.value, t.recall) {
+                (PolicyName::Fixed, Some(v), None) if (0.0..=1.0).contains(&v) => ThresholdPolicy::Fixed(v),
+                (PolicyName::MaxF1, None, None) => ThresholdPolicy::MaxF1,
+                (PolicyName::TargetRecall, None, Some(r)) if r > 0.0 && r <= 1.0 => ThresholdPolicy::TargetRecall(r),
+                (PolicyName::Fixed, ..) => {
+                    problems.push(StageProblem::at(pos, "`policy: fixed` takes `value`, a probability in [0, 1] (and no `recall`)"));
+                    ThresholdPolicy::MaxF1
+                }
+                (PolicyName::MaxF1, ..) => {
+                    problems.push(StageProblem::at(pos, "`policy: max_f1` takes no `value` or `recall`: it picks the threshold with the best F1"));
+                    ThresholdPolicy::MaxF1
+                }
+                (PolicyName::TargetRecall, ..) => {
+                    problems.push(StageProblem::at(pos, "`policy: target_recall` takes `recall`, the share of churners to catch, in (0, 1] (and no `value`)"));
+                    ThresholdPolicy::MaxF1
+                }
+            },
+        };
+        let explain = params.explain.as_ref().map(|e| e.value).unwrap_or(3);
+        if explain > features.len().max(1) {
+            problems.push(StageProblem::at(params.explain.as_ref().map(|e| e.pos).unwrap_or(node.pos), format!("`explain` names up to as many features as the model has ({})", features.len())));
+        }
+        let permutation_repeats = match params.permutation_repeats {
+            Some(At { value: 0, pos }) => {
+                problems.push(StageProblem::at(pos, "`permutation_repeats` must be at least 1"));
+                1
+            }
+            Some(At { value, .. }) => value,
+            None => 5,
+        };
+        let Some(label) = label else { return Err(problems) };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Box::new(ChurnStage { table, score, segments, id: params.id, label, features, split, cv_folds, forest, tree, threshold, explain, permutation_repeats }))
+    }
+}
+
+fn type_in_words(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_string(),
+        DataType::Boolean => "a boolean".to_string(),
+        DataType::Date32 | DataType::Date64 => "a date".to_string(),
+        DataType::Timestamp(..) => "a timestamp".to_string(),
+        t if t.is_integer() => format!("an integer ({t})"),
+        t if t.is_floating() => format!("a float ({t})"),
+        other => other.to_string(),
+    }
+}
+
+fn is_numeric_type(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean)
+}
+
+fn is_categorical_type(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Dictionary(..)) || t.is_integer()
+}
+
+fn is_time_type(t: &DataType) -> bool {
+    matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
+}
+
+fn is_id_type(t: &DataType) -> bool {
+    !matches!(t, DataType::List(_) | DataType::Struct(_) | DataType::Map(..) | DataType::Float32 | DataType::Float64)
+}
+
+/// Checks one table's columns against what the stage needs of it.
+struct ColumnCheck<'a> {
+    table: &'a str,
+    schema: SchemaRef,
+    problems: &'a mut Vec<StageProblem>,
+}
+
+impl ColumnCheck<'_> {
+    fn check(&mut self, column: &At<String>, what: &str, accepts: fn(&DataType) -> bool, expected: &str) {
+        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        match self.schema.field_with_name(&column.value) {
+            Err(_) => self.problems.push(StageProblem {
+                file: None,
+                pos: Some(column.pos),
+                message: format!("{what} `{}` is not a column of `{}`; its columns are: {}", column.value, self.table, quoted_list(names.iter().copied())),
+                suggestion: did_you_mean(&column.value, names.iter().copied()),
+            }),
+            Ok(field) if !accepts(field.data_type()) => self.problems.push(StageProblem::at(
+                column.pos,
+                format!("{what} `{}` of `{}` is {}; expected {expected}", column.value, self.table, type_in_words(field.data_type())),
+            )),
+            Ok(_) => {}
+        }
+    }
+
+    fn features(&mut self, features: &[PlannedFeature]) {
+        for f in features {
+            if f.is_numeric() {
+                self.check(&f.name, "feature", is_numeric_type, "a number (one-hot encode text features with `one_hot: true`)");
+            } else {
+                self.check(&f.name, "feature", is_categorical_type, "text, an integer or a boolean for a one-hot feature");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for ChurnStage {
+    fn secondary_results(&self) -> &'static [&'static str] {
+        &["by_segment", crate::evaluation::PART]
+    }
+
+    async fn plan(&self, ctx: &StageContext<'_>) -> Result<Vec<StageResult>, Vec<StageProblem>> {
+        let problem = |message: String| vec![StageProblem { file: None, pos: None, message, suggestion: None }];
+        let schema_of = |table: String| async move {
+            ctx.session.table(table.as_str()).await.map(|t| t.schema().inner().clone()).map_err(|e| problem(crate::engine::describe_datafusion_error(&e)))
+        };
+        let mut problems = Vec::new();
+        let train = schema_of(self.table.clone()).await?;
+        let mut check = ColumnCheck { table: &self.table, schema: train.clone(), problems: &mut problems };
+        check.check(&self.id, "id column", is_id_type, "an integer or string id");
+        check.features(&self.features);
+        match &self.label {
+            LabelPlan::Column { column, positive: None } => check.check(column, "label", |t| is_numeric_type(t), "a boolean or 0/1 (for a text label, say which value means churned: `positive: \"Yes\"`)"),
+            LabelPlan::Column { column, positive: Some(_) } => check.check(column, "label", |_| true, ""),
+            LabelPlan::Transactions { .. } => {}
+        }
+        if let SplitPlan::Time { column, .. } = &self.split {
+            check.check(column, "split column", is_time_type, "a date or a timestamp");
+        }
+        if let LabelPlan::Transactions { table, customer, time, .. } = &self.label {
+            let schema = schema_of(table.value.clone()).await?;
+            let mut check = ColumnCheck { table: &table.value, schema, problems: &mut problems };
+            check.check(customer, "customer column", is_id_type, "an integer or string id");
+            check.check(time, "time column", is_time_type, "a date or a timestamp");
+            if let Err(e) = self.label.window(ctx.vars) {
+                problems.push(StageProblem { file: None, pos: None, message: e, suggestion: None });
+            }
+        }
+        if let Some(score) = &self.score
+            && *score != self.table
+        {
+            let schema = schema_of(score.clone()).await?;
+            let mut check = ColumnCheck { table: score, schema, problems: &mut problems };
+            check.check(&self.id, "id column", is_id_type, "an integer or string id");
+            check.features(&self.features);
+        }
+        if let Some(segments) = &self.segments {
+            let schema = schema_of(segments.clone()).await?;
+            let mut check = ColumnCheck { table: segments, schema, problems: &mut problems };
+            check.check(&self.id, "id column", is_id_type, "an integer or string id");
+            check.check(&At { pos: self.id.pos, value: "segment".to_string() }, "segment column", |t| t.is_integer(), "an integer segment id (the result of a segment stage)");
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let id_type = train.field_with_name(&self.id.value).map(|f| f.data_type().clone()).unwrap_or(DataType::Utf8);
+        let empty = |schema: SchemaRef| ctx.session.read_batch(RecordBatch::new_empty(schema)).map_err(|e| problem(e.to_string()));
+        Ok(vec![
+            StageResult { name: ctx.stage_name.to_string(), frame: empty(scores_schema(&self.id.value, &id_type, self.explain))? },
+            StageResult { name: format!("{}_by_segment", ctx.stage_name), frame: empty(by_segment_schema())? },
+            StageResult { name: format!("{}_{}", ctx.stage_name, crate::evaluation::PART), frame: empty(crate::evaluation::schema())? },
+        ])
+    }
+
+    async fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutput, StageFailure> {
+        let fail = |message: String| StageFailure { message };
+        let session = ctx.session;
+        let what = format!("input `{}`", self.table);
+
+        // 1. The training table with its label, in memory, ordered by id.
+        let train_frame = session.table(self.table.as_str()).await?;
+        let mut labelled = self.label.attach(session, train_frame, &self.id.value, ctx.vars).await.map_err(fail)?;
+        let mut numeric: Vec<String> = self.features.iter().filter(|f| f.is_numeric()).map(|f| f.name.value.clone()).collect();
+        numeric.push(LABEL_COLUMN.to_string());
+        if let SplitPlan::Time { column, .. } = &self.split {
+            let micros = cast(cast(ident(&column.value), DataType::Timestamp(TimeUnit::Microsecond, None)), DataType::Int64);
+            labelled = labelled.with_column(TIME_COLUMN, micros)?;
+            numeric.push(TIME_COLUMN.to_string());
+        }
+        let categorical: Vec<String> = self.features.iter().filter(|f| !f.is_numeric()).map(|f| f.name.value.clone()).collect();
+        let data = read_features(labelled, &self.id.value, &numeric, &categorical, &what).await.map_err(fail)?;
+        if data.is_empty() {
+            return Err(fail(format!("{what} has no rows: there are no customers to learn churn from")));
+        }
+        let labels = self.labels(&data, &what).map_err(fail)?;
+        let label_text = self.label.describe(ctx.vars);
+
+        // 2. The split, then the preparation fitted on the training side only.
+        let split = self.split(&data, &labels, ctx.seed, &what).map_err(fail)?;
+        let specs: Vec<FeatureSpec> = self.features.iter().map(|f| f.spec.clone()).collect();
+        let kinds: Vec<(&str, FeatureKind)> = specs.iter().map(|s| (s.name(), s.kind())).collect();
+        let train_data = data.take(&split.train).map_err(fail)?;
+        let train_text = text_views(&train_data);
+        let preparation = Preparation::fit(&specs, &feature_columns(&train_data, &train_text, &kinds)).map_err(|e| fail(format!("feature preparation (training split): {e}")))?;
+        let text = text_views(&data);
+        let x = preparation.transform(&feature_columns(&data, &text, &kinds)).map_err(|e| fail(format!("feature preparation: {e}")))?;
+        let x_train = x.select(Axis(0), &split.train);
+        let x_test = x.select(Axis(0), &split.test);
+        let y_train: Vec<usize> = split.train.iter().map(|&r| labels[r]).collect();
+        let y_test: Vec<usize> = split.test.iter().map(|&r| labels[r]).collect();
+        let prepared_names = preparation.output_names();
+        let feature_names: Vec<String> = self.features.iter().map(|f| f.name.value.clone()).collect();
+
+        // 3. The forest and the baseline tree.
+        let forest_params = self.forest.clone().seed(ctx.seed).check().map_err(|e| fail(format!("forest: {e}")))?;
+        let tree_params = self.tree.clone().seed(ctx.seed).check().map_err(|e| fail(format!("baseline: {e}")))?;
+        let fit_forest = |x: ArrayView2<'_, f64>, y: &[usize]| RandomForest::fit(&forest_params, x, y, None).map_err(|e| format!("random forest: {e}"));
+        let fit_tree = |x: ArrayView2<'_, f64>, y: &[usize]| DecisionTree::fit(&tree_params, x, y, None).map_err(|e| format!("decision tree: {e}"));
+        let forest = fit_forest(x_train.view(), &y_train).map_err(fail)?;
+        let tree = fit_tree(x_train.view(), &y_train).map_err(fail)?;
+        let forest_predict = |x: ArrayView2<'_, f64>| forest.predict_proba(x).map(|p| p.to_vec()).unwrap_or_default();
+        let tree_predict = |x: ArrayView2<'_, f64>| tree.predict_proba(x).map(|p| p.to_vec()).unwrap_or_default();
+
+        // 4. Thresholds, chosen on out-of-sample training predictions.
+        let oob = forest.oob();
+        let (forest_threshold, forest_record) = match &oob {
+            Some(oob) => {
+                let (y, p): (Vec<usize>, Vec<f64>) = oob.probabilities.iter().zip(&y_train).filter_map(|(p, &y)| p.map(|p| (y, p))).unzip();
+                self.choose_threshold(&y, &p, "out-of-bag training predictions").map_err(fail)?
+            }
+            None => {
+                let p = out_of_fold(x_train.view(), &y_train, ctx.seed, &|x, y, held_out| Ok(fit_forest(x, y)?.predict_proba(held_out).map_err(|e| e.to_string())?.to_vec())).map_err(fail)?;
+                self.choose_threshold(&y_train, &p, &format!("{THRESHOLD_FOLDS}-fold out-of-fold training predictions")).map_err(fail)?
+            }
+        };
+        let tree_oof = out_of_fold(x_train.view(), &y_train, ctx.seed, &|x, y, held_out| Ok(fit_tree(x, y)?.predict_proba(held_out).map_err(|e| e.to_string())?.to_vec())).map_err(fail)?;
+        let (tree_threshold, _) = self.choose_threshold(&y_train, &tree_oof, &format!("{THRESHOLD_FOLDS}-fold out-of-fold training predictions")).map_err(fail)?;
+
+        // 5. Evaluation: both models on both splits, OOB, cross-validation, importances.
+        let mut evaluation = EvaluationRows::default();
+        let mut test_auc = None;
+        for (name, predict, threshold) in [(FOREST, &forest_predict as &(dyn Fn(ArrayView2<'_, f64>) -> Vec<f64> + Sync), forest_threshold), (TREE, &tree_predict, tree_threshold)] {
+            evaluation.push(name, "train", "threshold", Keys::default(), Some(threshold));
+            evaluate::model_on_split(&mut evaluation, name, "train", &y_train, &predict(x_train.view()), threshold);
+            let test_scores = predict(x_test.view());
+            evaluate::model_on_split(&mut evaluation, name, "test", &y_test, &test_scores, threshold);
+            if name == FOREST {
+                test_auc = metrics::roc_auc(&y_test, &test_scores).ok();
+            }
+        }
+        if let Some(oob) = &oob {
+            let (y, p): (Vec<usize>, Vec<f64>) = oob.probabilities.iter().zip(&y_train).filter_map(|(p, &y)| p.map(|p| (y, p))).unzip();
+            evaluation.push(FOREST, "oob", "oob_score", Keys::default(), Some(oob.accuracy));
+            evaluation.push(FOREST, "oob", "roc_auc", Keys::default(), metrics::roc_auc(&y, &p).ok());
+            evaluation.push(FOREST, "oob", "customers", Keys::default(), Some(y.len() as f64));
+        }
+        if let Some(folds) = self.cv_folds {
+            self.cross_validate(&mut evaluation, x_train.view(), &y_train, folds, ctx.seed, &fit_forest).map_err(fail)?;
+        }
+        evaluate::importances(&mut evaluation, FOREST, "train", "impurity_importance", &prepared_names, &forest.feature_importances, None);
+        if !split.test.is_empty() {
+            let (means, stds) = grouped_permutation_importance(&forest_predict, x_test.view(), &y_test, &model::feature_groups(&preparation), self.features.len(), self.permutation_repeats, ctx.seed);
+            evaluate::importances(&mut evaluation, FOREST, "test", "permutation_importance", &feature_names, &means, Some(&stds));
+        }
+
+        // 6. Scores for every customer of the score table.
+        let model = ChurnModel {
+            format: model::FORMAT.to_string(),
+            format_version: model::FORMAT_VERSION,
+            stage: ctx.stage_name.to_string(),
+            run_id: ctx.run_id.to_string(),
+            run_date: ctx.run_date.to_string(),
+            id_column: self.id.value.clone(),
+            label: label_text.clone(),
+            preparation: preparation.clone(),
+            prepared_features: prepared_names.clone(),
+            forest,
+            threshold: forest_threshold,
+            threshold_policy: forest_record,
+            explain: self.explain,
+            training_customers: y_train.len() as u64,
+            training_churn_rate: y_train.iter().sum::<usize>() as f64 / y_train.len().max(1) as f64,
+        };
+        let scores_batch = match self.score.as_ref().filter(|s| **s != self.table) {
+            None => {
+                let mut splits = vec!["train"; data.len()];
+                split.test.iter().for_each(|&r| splits[r] = "test");
+                let observed: Vec<Option<bool>> = labels.iter().map(|&l| Some(l == 1)).collect();
+                let scores = model.score(x.view()).map_err(fail)?;
+                scores_batch(&self.id.value, &data.ids, &splits, &observed, &scores, self.explain)
+            }
+            Some(score_table) => {
+                let what = format!("input `{score_table}`");
+                let frame = session.table(score_table.as_str()).await?;
+                let numeric: Vec<String> = self.features.iter().filter(|f| f.is_numeric()).map(|f| f.name.value.clone()).collect();
+                let to_score = read_features(frame, &self.id.value, &numeric, &categorical, &what).await.map_err(fail)?;
+                let text = text_views(&to_score);
+                let x_score = preparation.transform(&feature_columns(&to_score, &text, &kinds)).map_err(|e| fail(format!("{what}: {e}")))?;
+                let scores = model.score(x_score.view()).map_err(fail)?;
+                scores_batch(&self.id.value, &to_score.ids, &vec!["score"; to_score.len()], &[], &scores, self.explain)
+            }
+        }
+        .map_err(|e| fail(e.to_string()))?;
+        let predicted_churners = scores_batch.column_by_name("predicted_churn").map(|c| c.as_boolean().true_count()).unwrap_or(0);
+
+        // 7. Churn per segment.
+        let by_segment = match &self.segments {
+            Some(segments) => by_segment(session, &scores_batch, &self.id.value, segments).await?,
+            None => RecordBatch::new_empty(by_segment_schema()),
+        };
+        push_by_segment(&mut evaluation, &by_segment);
+
+        let evaluation_batch = evaluation.to_batch(ctx.run_id, ctx.stage_name)?;
+        let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: vec![(MODEL_FILE.to_string(), model.to_json().map_err(fail)?)] };
+        let mut metrics = StageMetrics::new();
+        metrics.insert("training_customers".into(), y_train.len() as i64);
+        metrics.insert("test_customers".into(), y_test.len() as i64);
+        metrics.insert("scored_customers".into(), scores_batch.num_rows() as i64);
+        metrics.insert("predicted_churners".into(), predicted_churners as i64);
+        tracing::info!(
+            stage = ctx.stage_name,
+            label = %label_text,
+            training = y_train.len(),
+            test = y_test.len(),
+            test_roc_auc = ?test_auc,
+            threshold = forest_threshold,
+            scored = scores_batch.num_rows(),
+            predicted_churners,
+            "churn model fitted"
+        );
+        let read = |batch: RecordBatch| -> Result<DataFrame, StageFailure> { Ok(session.read_batch(batch)?) };
+        Ok(StageOutput {
+            results: vec![
+                StageResult { name: ctx.stage_name.to_string(), frame: read(scores_batch)? },
+                StageResult { name: format!("{}_by_segment", ctx.stage_name), frame: read(by_segment)? },
+                StageResult { name: format!("{}_{}", ctx.stage_name, crate::evaluation::PART), frame: read(evaluation_batch)? },
+            ],
+            metrics,
+            artifacts: vec![artifact],
+        })
+    }
+}
+
+impl ChurnStage {
+    /// 0/1 labels from the label column; a missing or non-binary label is an error that counts
+    /// the rows and shows one, and a table with one class cannot train a classifier.
+    fn labels(&self, data: &FeatureData, what: &str) -> Result<Vec<usize>, String> {
+        let values = data.numeric.get(LABEL_COLUMN).map(Vec::as_slice).unwrap_or(&[]);
+        let shown_id = |row: usize| datafusion::arrow::util::display::array_value_to_string(&data.ids, row).unwrap_or_default();
+        let missing: Vec<usize> = (0..values.len()).filter(|&r| values[r].is_none()).collect();
+        if let Some(&first) = missing.first() {
+            return Err(format!("{what}: {} customers have no churn label (e.g. `{}` = {}); label every customer, or filter them out before this stage", missing.len(), self.id.value, shown_id(first)));
+        }
+        let odd: Vec<usize> = (0..values.len()).filter(|&r| !matches!(values[r], Some(v) if v == 0.0 || v == 1.0)).collect();
+        if let Some(&first) = odd.first() {
+            return Err(format!(
+                "{what}: the churn label must be 0/1 or a boolean, but {} customers have other values (e.g. {} for `{}` = {}); for a text label, say which value means churned with `positive:`",
+                odd.len(),
+                values[first].unwrap_or(f64::NAN),
+                self.id.value,
+                shown_id(first)
+            ));
+        }
+        let labels: Vec<usize> = values.iter().map(|v| usize::from(*v == Some(1.0))).collect();
+        let churners = labels.iter().sum::<usize>();
+        if churners == 0 || churners == labels.len() {
+            return Err(format!(
+                "{what}: every one of its {} customers has churn label {}: a classifier needs churners and customers who stayed ({})",
+                labels.len(),
+                u8::from(churners > 0),
+                self.label.describe(&crate::vars::Vars::new())
+            ));
+        }
+        Ok(labels)
+    }
+
+    fn split(&self, data: &FeatureData, labels: &[usize], seed: u64, what: &str) -> Result<Split, String> {
+        match &self.split {
+            SplitPlan::Stratified { test_size } => split::stratified_split(labels, *test_size, seed).map_err(|e| format!("{what}: train/test split: {e}")),
+            SplitPlan::Time { column, test_from } => {
+                let times = data.numeric.get(TIME_COLUMN).map(Vec::as_slice).unwrap_or(&[]);
+                let nulls = times.iter().filter(|t| t.is_none()).count();
+                if nulls > 0 {
+                    return Err(format!("{what}: {nulls} customers have no `{}`, so the time split cannot place them", column.value));
+                }
+                let micros: Vec<i64> = times.iter().map(|t| t.unwrap_or_default() as i64).collect();
+                let cutoff = i64::from(crate::vars::days_since_epoch(*test_from)) * 86_400_000_000;
+                let split = split::time_split(&micros, cutoff);
+                for (side, rows) in [("training", &split.train), ("test", &split.test)] {
+                    let churners = rows.iter().filter(|&&r| labels[r] == 1).count();
+                    if rows.is_empty() || churners == 0 || churners == rows.len() {
+                        return Err(format!(
+                            "{what}: the time split at {test_from} on `{}` leaves the {side} side with {} customers, {churners} of them churners; each side needs churners and customers who stayed",
+                            column.value,
+                            rows.len()
+                        ));
+                    }
+                }
+                Ok(split)
+            }
+        }
+    }
+
+    fn choose_threshold(&self, labels: &[usize], scores: &[f64], chosen_on: &str) -> Result<(f64, ThresholdRecord), String> {
+        let threshold = metrics::choose_threshold(self.threshold, labels, scores).map_err(|e| format!("choosing the threshold on {chosen_on}: {e}"))?;
+        let record = match self.threshold {
+            ThresholdPolicy::Fixed(value) => ThresholdRecord::Fixed { value },
+            ThresholdPolicy::MaxF1 => ThresholdRecord::MaxF1 { chosen_on: chosen_on.to_string() },
+            ThresholdPolicy::TargetRecall(recall) => ThresholdRecord::TargetRecall { recall, chosen_on: chosen_on.to_string() },
+        };
+        Ok((threshold, record))
+    }
+
+    /// k-fold metrics of the forest on the training split: per fold, then mean and standard
+    /// deviation. Folds share the preparation fitted on the whole training split.
+    fn cross_validate(&self, evaluation: &mut EvaluationRows, x: ArrayView2<'_, f64>, y: &[usize], folds: usize, seed: u64, fit: &(dyn Fn(ArrayView2<'_, f64>, &[usize]) -> Result<RandomForest, String> + Sync)) -> Result<(), String> {
+        let splits = split::stratified_k_fold(y, folds, seed).map_err(|e| format!("cross-validation: {e}"))?;
+        let names = ["roc_auc", "pr_auc", "log_loss", "brier_score"];
+        let mut per_metric: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+        for (i, fold) in splits.iter().enumerate() {
+            let y_train: Vec<usize> = fold.train.iter().map(|&r| y[r]).collect();
+            let y_test: Vec<usize> = fold.test.iter().map(|&r| y[r]).collect();
+            let model = fit(x.select(Axis(0), &fold.train).view(), &y_train)?;
+            let scores = model.predict_proba(x.select(Axis(0), &fold.test).view()).map_err(|e| e.to_string())?.to_vec();
+            let values = [metrics::roc_auc(&y_test, &scores), metrics::pr_auc(&y_test, &scores), metrics::log_loss(&y_test, &scores), metrics::brier_score(&y_test, &scores)];
+            for (j, value) in values.into_iter().enumerate() {
+                let value = value.ok();
+                evaluation.push(FOREST, &format!("cv_fold_{}", i + 1), names[j], Keys::default(), value);
+                per_metric[j].extend(value);
+            }
+        }
+        for (j, values) in per_metric.iter().enumerate() {
+            let n = values.len() as f64;
+            let mean = (!values.is_empty()).then(|| values.iter().sum::<f64>() / n);
+            let std = mean.map(|m| (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt());
+            evaluation.push(FOREST, "cv_mean", names[j], Keys::default(), mean);
+            evaluation.push(FOREST, "cv_std", names[j], Keys::default(), std);
+        }
+        Ok(())
+    }
+}
+
+/// Out-of-fold predictions on the training rows: each row scored by a model that did not see
+/// it. Folds are stratified and seeded; fewer folds when the smaller class is small.
+fn out_of_fold(x: ArrayView2<'_, f64>, y: &[usize], seed: u64, fit_predict: &dyn Fn(ArrayView2<'_, f64>, &[usize], ArrayView2<'_, f64>) -> Result<Vec<f64>, String>) -> Result<Vec<f64>, String> {
+    let churners = y.iter().sum::<usize>();
+    let folds = THRESHOLD_FOLDS.min(churners).min(y.len() - churners);
+    if folds < 2 {
+        return Err(format!("the training split has {churners} churners among {} customers: too few to choose a threshold out of sample", y.len()));
+    }
+    let splits = split::stratified_k_fold(y, folds, seed).map_err(|e| e.to_string())?;
+    let mut out = vec![0.0; y.len()];
+    for fold in splits {
+        let y_train: Vec<usize> = fold.train.iter().map(|&r| y[r]).collect();
+        let scores = fit_predict(x.select(Axis(0), &fold.train).view(), &y_train, x.select(Axis(0), &fold.test).view())?;
+        for (&row, score) in fold.test.iter().zip(scores) {
+            out[row] = score;
+        }
+    }
+    Ok(out)
+}
+
+/// Permutation importance per declared feature: a one-hot feature's columns are shuffled
+/// together (shuffling one level's column alone would make impossible rows). The shuffled
+/// matrix holds, per feature, the index of the row whose values that feature takes.
+fn grouped_permutation_importance(predict: &(dyn Fn(ArrayView2<'_, f64>) -> Vec<f64> + Sync), x: ArrayView2<'_, f64>, y: &[usize], groups: &[usize], n_features: usize, repeats: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.nrows();
+    let sources = Array2::from_shape_fn((rows, n_features), |(r, _)| r as f64);
+    let expand = |sources: ArrayView2<'_, f64>| -> Vec<f64> {
+        let prepared = Array2::from_shape_fn((sources.nrows(), x.ncols()), |(r, c)| x[[sources[[r, groups[c]]] as usize, c]]);
+        predict(prepared.view())
+    };
+    match metrics::permutation_importance(expand, sources.view(), y, repeats, seed) {
+        Ok(importances) => (importances.iter().map(|i| i.mean_drop).collect(), importances.iter().map(|i| i.std_drop).collect()),
+        // A test split with one class has no ROC AUC to lose: the importances are undefined.
+        Err(_) => (vec![f64::NAN; n_features], vec![f64::NAN; n_features]),
+    }
+}
+
+fn by_segment_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("segment", DataType::Int32, false),
+        Field::new("customers", DataType::Int64, false),
+        Field::new("expected_churners", DataType::Float64, false),
+        Field::new("mean_churn_probability", DataType::Float64, false),
+        Field::new("predicted_churners", DataType::Int64, false),
+        Field::new("predicted_churn_rate", DataType::Float64, false),
+        Field::new("labelled_customers", DataType::Int64, false),
+        Field::new("observed_churn_rate", DataType::Float64, true),
+    ]))
+}
+
+/// The scores joined with a segment stage's assignments by customer id: per segment, how many
+/// customers, how many are expected to churn (sum of probabilities), how many the threshold
+/// flags, and the observed churn rate where labels are known.
+async fn by_segment(session: &SessionContext, scores: &RecordBatch, id: &str, segments: &str) -> Result<RecordBatch, StageFailure> {
+    let scored = session.read_batch(scores.clone())?;
+    let assigned = session.table(segments).await?.select(vec![ident(id).alias(SEGMENT_ID_COLUMN), ident("segment")])?;
+    let grouped = scored
+        .join(assigned, JoinType::Inner, &[id], &[SEGMENT_ID_COLUMN], None)?
+        .aggregate(
+            vec![cast(ident("segment"), DataType::Int32).alias("segment")],
+            vec![
+                count(lit(1)).alias("customers"),
+                sum(ident("churn_probability")).alias("expected_churners"),
+                avg(ident("churn_probability")).alias("mean_churn_probability"),
+                sum(cast(ident("predicted_churn"), DataType::Int64)).alias("predicted_churners"),
+                count(ident("churned")).alias("labelled_customers"),
+                avg(cast(ident("churned"), DataType::Float64)).alias("observed_churn_rate"),
+            ],
+        )?
+        .sort(vec![ident("segment").sort(true, false)])?;
+    let batches = grouped.collect().await?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+    let all = concat_batches(&schema, &batches).map_err(|e| StageFailure { message: e.to_string() })?;
+    let column = |name: &str, to: &DataType| -> Result<ArrayRef, StageFailure> {
+        match all.column_by_name(name) {
+            Some(c) => cast_array(c, to).map_err(|e| StageFailure { message: e.to_string() }),
+            None => Ok(datafusion::arrow::array::new_empty_array(to)),
+        }
+    };
+    let customers = column("customers", &DataType::Int64)?;
+    let predicted = column("predicted_churners", &DataType::Int64)?;
+    let mut rate = Float64Builder::new();
+    let (c, p) = (customers.as_primitive::<Int64Type>(), predicted.as_primitive::<Int64Type>());
+    for i in 0..c.len() {
+        rate.append_value(p.value(i) as f64 / c.value(i).max(1) as f64);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        column("segment", &DataType::Int32)?,
+        customers,
+        column("expected_churners", &DataType::Float64)?,
+        column("mean_churn_probability", &DataType::Float64)?,
+        predicted,
+        Arc::new(rate.finish()),
+        column("labelled_customers", &DataType::Int64)?,
+        column("observed_churn_rate", &DataType::Float64)?,
+    ];
+    Ok(RecordBatch::try_new(by_segment_schema(), columns).map_err(|e| StageFailure { message: e.to_string() })?)
+}
+
+/// Churn per segment into the evaluation table too, so `report diff` shows it move.
+fn push_by_segment(evaluation: &mut EvaluationRows, batch: &RecordBatch) {
+    let segments = batch.column(0).as_primitive::<Int32Type>();
+    let mean = batch.column(3).as_primitive::<Float64Type>();
+    let predicted_rate = batch.column(5).as_primitive::<Float64Type>();
+    let observed = batch.column(7).as_primitive::<Float64Type>();
+    for row in 0..batch.num_rows() {
+        let keys = Keys::segment(i64::from(segments.value(row)));
+        evaluation.push(FOREST, "score", "mean_churn_probability", keys.clone(), Some(mean.value(row)));
+        evaluation.push(FOREST, "score", "predicted_churn_rate", keys.clone(), Some(predicted_rate.value(row)));
+        evaluation.push(FOREST, "score", "observed_churn_rate", keys, (!observed.is_null(row)).then(|| observed.value(row)));
+    }
+}
