@@ -311,6 +311,12 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             continue;
         }
         let from = output.spec.from.as_ref().map(|f| (f.value.clone(), f.pos)).unwrap_or((table.value.clone(), table.pos));
+        // A stage that failed to build has no results to list: its own problems are reported,
+        // and an output of one of its results would only repeat them.
+        let from_broken_stage = broken.iter().any(|b| from.0 == *b || from.0.starts_with(&format!("{b}_"))) || (from.0 == evaluation::EVALUATION && !broken.is_empty());
+        if !result_names.contains(&from.0) && from_broken_stage {
+            continue;
+        }
         if !result_names.contains(&from.0) {
             diags.push(
                 problem(Some(from.1), format!("output `{}` is written from `{}`, which no stage produces; stage results are: {}", table.value, from.0, quoted_list(result_names.iter().map(String::as_str))))

@@ -62,7 +62,7 @@ fn a_valid_pipeline_validates_with_exit_0_and_writes_nothing() {
 #[test]
 fn an_unknown_field_is_reported_with_did_you_mean() {
     let ran = validate(&broken("    inputs: [customers]", "    inptus: [customers]"));
-    assert_problems(&ran, &["error: pipeline.yaml:10:5: stage \"features\": unknown field `inptus`, expected one of `query`, `file`, or a field every stage has: `name`, `kind`, `inputs`, `description` (did you mean `inputs`?)"]);
+    assert_problems(&ran, &["error: pipeline.yaml:10:5: stage \"features\": unknown field `inptus`, expected one of `query`, `file`, `bind`, or a field every stage has: `name`, `kind`, `inputs`, `description` (did you mean `inputs`?)"]);
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn an_unknown_top_level_field_is_reported_with_did_you_mean() {
 #[test]
 fn an_unknown_stage_kind_is_reported_with_the_known_kinds() {
     let ran = validate(&broken("    kind: sql\n    inputs: [features]", "    kind: sqll\n    inputs: [features]"));
-    assert_problems(&ran, &["error: pipeline.yaml:13:11: stage \"summary\": unknown stage kind `sqll`; known kinds: `sql`, `clean`, `segment` (did you mean `sql`?)"]);
+    assert_problems(&ran, &["error: pipeline.yaml:13:11: stage \"summary\": unknown stage kind `sqll`; known kinds: `sql`, `clean`, `segment`, `churn` (did you mean `sql`?)"]);
 }
 
 #[test]
@@ -166,8 +166,8 @@ outputs:
     assert_problems(&ran, &[
         "error: pipeline.yaml:6:11: input `orders`: input file not found: data/orders.parquet",
         "error: pipeline.yaml:11:66: stage \"features\": undefined variable `threshold`; defined: `run_date`",
-        "error: pipeline.yaml:15:5: stage \"profile\": unknown field `querry`, expected one of `query`, `file`, or a field every stage has: `name`, `kind`, `inputs`, `description` (did you mean `query`?)",
-        "error: pipeline.yaml:17:11: stage \"scores\": unknown stage kind `score`; known kinds: `sql`, `clean`, `segment`",
+        "error: pipeline.yaml:15:5: stage \"profile\": unknown field `querry`, expected one of `query`, `file`, `bind`, or a field every stage has: `name`, `kind`, `inputs`, `description` (did you mean `query`?)",
+        "error: pipeline.yaml:17:11: stage \"scores\": unknown stage kind `score`; known kinds: `sql`, `clean`, `segment`, `churn`",
         "error: pipeline.yaml:19:11: stage \"left\": cycle between stages: left → right → left",
     ]);
 }
