@@ -816,7 +816,8 @@ impl Stage for ChurnStage {
             label: label_text.clone(),
             preparation: preparation.clone(),
             prepared_features: prepared_names.clone(),
-            forest,
+            forest: model::ForestSummary::of(&forest),
+            fitted: forest,
             threshold: forest_threshold,
             threshold_policy: forest_record,
             explain: self.explain,
@@ -853,7 +854,7 @@ impl Stage for ChurnStage {
         push_by_segment(&mut evaluation, &by_segment);
 
         let evaluation_batch = evaluation.to_batch(ctx.run_id, ctx.stage_name)?;
-        let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: vec![(MODEL_FILE.to_string(), model.to_json().map_err(fail)?)] };
+        let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: model.to_files().map_err(fail)? };
         let mut metrics = StageMetrics::new();
         metrics.insert("training_customers".into(), y_train.len() as i64);
         metrics.insert("test_customers".into(), y_test.len() as i64);

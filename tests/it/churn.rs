@@ -169,7 +169,7 @@ fn score_applies_the_saved_model_to_new_customers_without_refitting() {
     pipeline(&sandbox, "");
     run(&sandbox, "2025-01-01", &[]);
     let model = sandbox.path("out/models/churn/run_date=2025-01-01");
-    assert!(model.join("_SUCCESS").exists() && model.join("model.json").exists());
+    assert_eq!(files_under(&model), vec!["_SUCCESS", "_manifest.json", "model.json", "trees.parquet"]);
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
     assert_eq!(saved["format"], "segflow.churn_model");
     assert_eq!(saved["threshold_policy"]["chosen_on"], "out-of-bag training predictions");
@@ -192,6 +192,14 @@ fn score_applies_the_saved_model_to_new_customers_without_refitting() {
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("lacks columns the model needs: `spend`, `noise`, `plan`"), "{}", ran.stderr);
     assert!(!sandbox.path("scored/new").exists(), "nothing written");
+    // A model whose trees file does not match its description is refused, not half-used.
+    let broken = sandbox.path("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(model.join("model.json"), broken.join("model.json")).unwrap();
+    std::fs::write(broken.join("trees.parquet"), b"not parquet").unwrap();
+    let ran = sandbox.segflow(&["score", "broken", "data/customers.parquet", "--output", "scored/broken"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("trees.parquet: not a trees file"), "{}", ran.stderr);
     // A segment model is not a churn model.
     let ran = sandbox.segflow(&["score", "data/customers.parquet", "data/customers.parquet", "--output", "scored/x"]);
     assert_eq!(ran.code, 2, "{}", ran.stderr);

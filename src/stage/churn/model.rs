@@ -1,26 +1,36 @@
 //! The saved churn model and what scoring a customer means: a probability, a risk decile, a
 //! decision at the model's threshold, and the features that moved the probability most.
 //!
-//! A run of stage `S` on run date `D` commits `<output_root>/models/S/run_date=D/model.json`:
-//! [`ChurnModel`], format `segflow.churn_model` version 1 — the fitted preparation (imputation
-//! and one-hot levels, learnt on the training split only), the forest (every tree's nodes),
-//! the decision threshold and how it was chosen, and how the label was defined. Plain JSON,
-//! floats in their shortest exact form, no timestamps: the same input and seed give the same
-//! bytes, and a loaded model scores exactly as the run did. `segflow score` applies it.
+//! A run of stage `S` on run date `D` commits `<output_root>/models/S/run_date=D/` with
+//! - `model.json`: [`ChurnModel`], format `segflow.churn_model` version 1 — the fitted
+//!   preparation (imputation and one-hot levels, learnt on the training split only), the
+//!   decision threshold and how it was chosen, how the label was defined, the forest's shape
+//!   and impurity importances. Plain JSON, floats in their shortest exact form.
+//! - `trees.parquet`: every node of every tree, one row each ([`TREE_COLUMNS`]): a 200-tree
+//!   forest has hundreds of thousands of nodes, 50 MB as JSON, a few MB as zstd Parquet, and
+//!   readable by any Parquet reader.
+//!
+//! No timestamps: the same input and seed give the same bytes, and a loaded model scores
+//! exactly as the run did (floats are stored bit for bit). `segflow score` applies it.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int32Builder, RecordBatch, StringBuilder, UInt32Builder};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt32Type};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
-use segflow_ml::forest::RandomForest;
+use segflow_ml::forest::{Node, RandomForest, Tree};
 use segflow_ml::metrics::DECILES;
 use segflow_ml::prep::Preparation;
 
 pub const MODEL_FILE: &str = "model.json";
+pub const TREES_FILE: &str = "trees.parquet";
+/// The columns of `trees.parquet`, one row per node, in tree then node order.
+pub const TREE_COLUMNS: &[&str] = &["tree", "node", "split_feature", "threshold", "left_child", "right_child", "churn_fraction", "rows", "weighted_rows", "impurity"];
 pub const FORMAT: &str = "segflow.churn_model";
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -48,7 +58,10 @@ pub struct ChurnModel {
     pub preparation: Preparation,
     /// The prepared column each forest feature index reads (one-hot columns as `name=level`).
     pub prepared_features: Vec<String>,
-    pub forest: RandomForest,
+    pub forest: ForestSummary,
+    /// The fitted forest; its trees live in `trees.parquet`.
+    #[serde(skip, default = "empty_forest")]
+    pub fitted: RandomForest,
     /// A customer is predicted to churn when its probability is at least this.
     pub threshold: f64,
     pub threshold_policy: ThresholdRecord,
@@ -58,11 +71,40 @@ pub struct ChurnModel {
     pub training_churn_rate: f64,
 }
 
+/// What `model.json` says about the forest whose nodes are in `trees.parquet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForestSummary {
+    pub trees_file: String,
+    pub n_features: usize,
+    pub n_trees: usize,
+    pub n_nodes: usize,
+    /// Normalised impurity importances per prepared column (sum 1).
+    pub feature_importances: Vec<f64>,
+}
+
+fn empty_forest() -> RandomForest {
+    RandomForest { n_features: 0, n_classes: 2, trees: Vec::new(), feature_importances: Vec::new(), oob_accuracy: None, oob_probabilities: None }
+}
+
+impl ForestSummary {
+    pub fn of(forest: &RandomForest) -> Self {
+        ForestSummary {
+            trees_file: TREES_FILE.to_string(),
+            n_features: forest.n_features,
+            n_trees: forest.trees.len(),
+            n_nodes: forest.trees.iter().map(|t| t.nodes.len()).sum(),
+            feature_importances: forest.feature_importances.clone(),
+        }
+    }
+}
+
 impl ChurnModel {
-    pub fn to_json(&self) -> Result<Vec<u8>, String> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| format!("cannot write the churn model: {e}"))?;
-        bytes.push(b'\n');
-        Ok(bytes)
+    /// The model's files, as a run commits them: `model.json` and `trees.parquet`.
+    pub fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| format!("cannot write the churn model: {e}"))?;
+        json.push(b'\n');
+        Ok(vec![(MODEL_FILE.to_string(), json), (TREES_FILE.to_string(), trees_parquet(&self.fitted.trees)?)])
     }
 
     /// Reads and checks a saved model (its folder or its `model.json`); the message names the
@@ -81,7 +123,17 @@ impl ChurnModel {
         if version != u64::from(FORMAT_VERSION) {
             return Err(format!("{shown}: churn model format version {version}; this segflow reads version {FORMAT_VERSION}"));
         }
-        let model: ChurnModel = serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+        let mut model: ChurnModel = serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+        let trees_path = file.with_file_name(&model.forest.trees_file);
+        let trees = read_trees(&trees_path).map_err(|e| format!("{}: {e}", trees_path.display()))?;
+        model.fitted = RandomForest {
+            n_features: model.forest.n_features,
+            n_classes: 2,
+            trees,
+            feature_importances: model.forest.feature_importances.clone(),
+            oob_accuracy: None,
+            oob_probabilities: None,
+        };
         model.check().map_err(|e| format!("{shown}: {e}"))?;
         Ok(model)
     }
@@ -95,8 +147,30 @@ impl ChurnModel {
                 self.forest.n_features
             ));
         }
-        if self.forest.trees.is_empty() {
-            return Err("the forest has no trees".to_string());
+        let nodes: usize = self.fitted.trees.iter().map(|t| t.nodes.len()).sum();
+        if self.fitted.trees.len() != self.forest.n_trees || nodes != self.forest.n_nodes || self.forest.n_trees == 0 {
+            return Err(format!(
+                "model.json describes {} trees of {} nodes in all, but {} holds {} trees of {nodes} nodes",
+                self.forest.n_trees,
+                self.forest.n_nodes,
+                self.forest.trees_file,
+                self.fitted.trees.len()
+            ));
+        }
+        // Every split reads a column the preparation makes and points at nodes of its tree,
+        // further down (so prediction cannot loop or index out of bounds).
+        for (t, tree) in self.fitted.trees.iter().enumerate() {
+            for (i, node) in tree.nodes.iter().enumerate() {
+                if let Some(feature) = node.split_feature {
+                    let (left, right) = (node.left_child as usize, node.right_child as usize);
+                    if feature as usize >= width || left <= i || right <= i || left >= tree.nodes.len() || right >= tree.nodes.len() {
+                        return Err(format!("tree {t}, node {i}: a split on column {feature} to nodes {left} and {right} is not a valid tree"));
+                    }
+                }
+                if node.class_fractions.len() != 2 || !node.class_fractions.iter().all(|f| (0.0..=1.0).contains(f)) {
+                    return Err(format!("tree {t}, node {i}: class fractions {:?} are not two probabilities", node.class_fractions));
+                }
+            }
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return Err(format!("threshold {} is not a probability", self.threshold));
@@ -106,8 +180,8 @@ impl ChurnModel {
 
     /// Scores prepared rows: probability, decile, decision and explanation for each.
     pub fn score(&self, x: ArrayView2<'_, f64>) -> Result<Vec<Score>, String> {
-        let probabilities = self.forest.predict_proba(x).map_err(|e| e.to_string())?;
-        let contributions = self.forest.contributions(x).map_err(|e| e.to_string())?;
+        let probabilities = self.fitted.predict_proba(x).map_err(|e| e.to_string())?;
+        let contributions = self.fitted.contributions(x).map_err(|e| e.to_string())?;
         let groups = feature_groups(&self.preparation);
         let names: Vec<&str> = self.preparation.features().iter().map(|f| f.name()).collect();
         let deciles = risk_deciles(probabilities.as_slice().unwrap_or(&probabilities.to_vec()));
@@ -126,6 +200,98 @@ impl ChurnModel {
             })
             .collect())
     }
+}
+
+fn trees_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("tree", DataType::UInt32, false),
+        Field::new("node", DataType::UInt32, false),
+        Field::new("split_feature", DataType::UInt32, true),
+        Field::new("threshold", DataType::Float64, false),
+        Field::new("left_child", DataType::UInt32, false),
+        Field::new("right_child", DataType::UInt32, false),
+        Field::new("churn_fraction", DataType::Float64, false),
+        Field::new("rows", DataType::UInt32, false),
+        Field::new("weighted_rows", DataType::Float64, false),
+        Field::new("impurity", DataType::Float64, false),
+    ]))
+}
+
+/// Every node of every tree as one Parquet file ([`TREE_COLUMNS`]; a leaf has a null
+/// `split_feature`). `churn_fraction` is the node's class-1 fraction; class 0's is 1 minus it,
+/// stored implicitly.
+fn trees_parquet(trees: &[Tree]) -> Result<Vec<u8>, String> {
+    let (mut tree, mut node, mut feature, mut threshold, mut left, mut right) = (UInt32Builder::new(), UInt32Builder::new(), UInt32Builder::new(), Float64Builder::new(), UInt32Builder::new(), UInt32Builder::new());
+    let (mut churn, mut rows, mut weighted, mut impurity) = (Float64Builder::new(), UInt32Builder::new(), Float64Builder::new(), Float64Builder::new());
+    for (t, each) in trees.iter().enumerate() {
+        for (i, n) in each.nodes.iter().enumerate() {
+            tree.append_value(t as u32);
+            node.append_value(i as u32);
+            feature.append_option(n.split_feature);
+            threshold.append_value(n.threshold);
+            left.append_value(n.left_child);
+            right.append_value(n.right_child);
+            churn.append_value(n.class_fractions.get(1).copied().unwrap_or(0.0));
+            rows.append_value(n.n_rows);
+            weighted.append_value(n.weighted_n_rows);
+            impurity.append_value(n.impurity);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(tree.finish()),
+        Arc::new(node.finish()),
+        Arc::new(feature.finish()),
+        Arc::new(threshold.finish()),
+        Arc::new(left.finish()),
+        Arc::new(right.finish()),
+        Arc::new(churn.finish()),
+        Arc::new(rows.finish()),
+        Arc::new(weighted.finish()),
+        Arc::new(impurity.finish()),
+    ];
+    let batch = RecordBatch::try_new(trees_schema(), columns).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(crate::sink::writer_properties())).map_err(|e| format!("cannot write the trees: {e}"))?;
+    writer.write(&batch).map_err(|e| format!("cannot write the trees: {e}"))?;
+    writer.close().map_err(|e| format!("cannot write the trees: {e}"))?;
+    Ok(bytes)
+}
+
+fn read_trees(path: &Path) -> Result<Vec<Tree>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| format!("not a trees file: {e}"))?;
+    let mut trees: Vec<Tree> = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        if batch.schema().fields().iter().map(|f| f.name().as_str()).ne(TREE_COLUMNS.iter().copied()) || batch.schema().fields() != trees_schema().fields() {
+            return Err(format!("expected the columns {}", TREE_COLUMNS.join(", ")));
+        }
+        let u32s = |i: usize| batch.column(i).as_primitive::<UInt32Type>().clone();
+        let f64s = |i: usize| batch.column(i).as_primitive::<Float64Type>().clone();
+        let (tree, node, feature, threshold, left, right) = (u32s(0), u32s(1), u32s(2), f64s(3), u32s(4), u32s(5));
+        let (churn, rows, weighted, impurity) = (f64s(6), u32s(7), f64s(8), f64s(9));
+        for r in 0..batch.num_rows() {
+            let (t, i) = (tree.value(r) as usize, node.value(r) as usize);
+            if t == trees.len() {
+                trees.push(Tree { nodes: Vec::new() });
+            }
+            let last = trees.len();
+            match trees.get_mut(t) {
+                Some(current) if t + 1 == last && current.nodes.len() == i => current.nodes.push(Node {
+                    split_feature: (!feature.is_null(r)).then(|| feature.value(r)),
+                    threshold: threshold.value(r),
+                    left_child: left.value(r),
+                    right_child: right.value(r),
+                    class_fractions: vec![1.0 - churn.value(r), churn.value(r)],
+                    n_rows: rows.value(r),
+                    weighted_n_rows: weighted.value(r),
+                    impurity: impurity.value(r),
+                }),
+                _ => return Err(format!("row {r}: tree {t}, node {i} is out of order; nodes must come in tree then node order")),
+            }
+        }
+    }
+    Ok(trees)
 }
 
 /// One scored customer.
