@@ -1,6 +1,6 @@
 //! The command line: runtime knobs only. What a pipeline computes lives in its YAML.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use chrono::NaiveDate;
@@ -29,6 +29,24 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Old / new / delta of every metric that changed between two runs; exit 1 when a
+    /// `--fail-on` tolerance is breached.
+    Diff {
+        /// `evaluation.json`, a reports folder, or an `evaluation` Parquet file or partition.
+        old: PathBuf,
+        new: PathBuf,
+        /// `[stage.][model.]split.metric OP NUMBER` on the delta (new − old), e.g.
+        /// 'test.roc_auc < -0.01'. Repeatable.
+        #[arg(long = "fail-on", value_name = "RULE")]
+        fail_on: Vec<String>,
+        /// List unchanged metrics too.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +105,9 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Evaluation reports: compare two runs.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Write the demo data set: customers and a Hive-partitioned transactions folder.
     DemoData {
         /// Folder to write into (its `transactions/` is replaced).
@@ -247,6 +268,19 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
             tracing::info!(rows = summary.rows, path = %summary.path.display(), "customers scored");
             let line = serde_json::json!({"command": "score", "run_id": run_id, "rows": summary.rows, "path": summary.path.display().to_string()});
             Ok(Some(line.to_string()))
+        }
+        Command::Report(ReportCommand::Diff { old, new, fail_on, all }) => {
+            use crate::report::diff;
+            let rules = fail_on.iter().map(|r| diff::Rule::parse(r)).collect::<Result<Vec<_>, _>>().map_err(Error::Usage)?;
+            let (old_metrics, new_metrics) = (diff::load(&old).await.map_err(Error::Usage)?, diff::load(&new).await.map_err(Error::Usage)?);
+            let found = diff::diff(&old_metrics, &new_metrics);
+            let breached = diff::breaches(&found, &rules).map_err(Error::Usage)?;
+            print_stdout(diff::render(&found, all, std::io::stdout().is_terminal()).trim_end());
+            if breached.is_empty() {
+                Ok(None)
+            } else {
+                Err(Error::Gate(format!("{} tolerance{} breached:\n  {}", breached.len(), if breached.len() == 1 { "" } else { "s" }, breached.join("\n  "))))
+            }
         }
         Command::DemoData { out, customers, seed, start, months } => {
             let summary = demo_data::generate(&out, &DemoOptions { customers, seed, start, months })?;

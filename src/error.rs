@@ -20,6 +20,9 @@ pub enum Error {
     /// `segflow assign` or `segflow score` failed.
     #[error(transparent)]
     Deploy(#[from] crate::deploy::DeployError),
+    /// `report diff` found a metric past a `--fail-on` tolerance.
+    #[error("{0}")]
+    Gate(String),
     /// Writing demo data failed.
     #[error(transparent)]
     Demo(#[from] crate::demo_data::DemoError),
@@ -34,7 +37,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) => EXIT_INVALID,
             Error::Deploy(crate::deploy::DeployError::Invalid(_)) => EXIT_INVALID,
-            Error::Run(_) | Error::Demo(_) | Error::Deploy(_) => EXIT_RUN_FAILED,
+            Error::Run(_) | Error::Demo(_) | Error::Deploy(_) | Error::Gate(_) => EXIT_RUN_FAILED,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod evaluation;
 /// The model kernels, from their own crate (crates/segflow-ml).
 pub use segflow_ml as ml;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod sink;
 pub mod stage;

@@ -302,7 +302,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             diags.push(problem(Some(table.pos), format!("invalid table name `{}`: {NAME_RULE}", table.value)));
             continue;
         }
-        if table.value == crate::sink::SEGFLOW_DIR || table.value == stage::MODELS_DIR {
+        if table.value == crate::sink::SEGFLOW_DIR || table.value == stage::MODELS_DIR || table.value == crate::report::REPORTS_DIR {
             diags.push(problem(Some(table.pos), format!("`{}` is reserved for segflow's own files", table.value)));
             continue;
         }

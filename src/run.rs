@@ -15,9 +15,10 @@ use serde::Serialize;
 use crate::config::PartitionBy;
 use crate::engine::{self, EngineOptions};
 use crate::evaluation;
+use crate::report;
 use crate::plan::{Plan, PlannedOutput};
 use crate::sink::{self, Manifest, StagedTable, TableTarget};
-use crate::stage::{self, StageContext, StageMetrics};
+use crate::stage::{self, Artifact, StageContext, StageMetrics};
 use crate::vars::RUN_DATE;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub struct RunSummary {
     pub tables: Vec<TableSummary>,
     /// Folders of the models saved by this run.
     pub models: Vec<String>,
+    /// The folder of `evaluation.json` and `evaluation.md`, when a stage evaluated a model.
+    pub reports: Option<String>,
     pub seconds: f64,
 }
 
@@ -76,13 +79,19 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
         Ok((stages, staged)) => {
             let mut tables = Vec::new();
             let mut models = Vec::new();
+            let mut reports = None;
             for table in staged {
                 let live = table.target.live_dir();
                 let is_model = table.target.table.starts_with(&format!("{}/", stage::MODELS_DIR));
+                let is_report = table.target.table == report::REPORTS_DIR;
                 let manifest: Manifest = sink::commit(table)?;
                 tracing::info!(table = %manifest.table, rows = manifest.rows, path = %live.display(), "committed");
                 if is_model {
                     models.push(live.display().to_string());
+                    continue;
+                }
+                if is_report {
+                    reports = Some(live.display().to_string());
                     continue;
                 }
                 tables.push(TableSummary {
@@ -101,6 +110,7 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
                 stages,
                 tables,
                 models,
+                reports,
                 seconds: round_ms(started.elapsed().as_secs_f64()),
             })
         }
@@ -168,6 +178,16 @@ async fn execute_stages(
     }
     if !evaluation_parts.is_empty() {
         let frame = evaluation::union(&session, &evaluation_parts).await.map_err(|e| RunError::Engine(engine::describe_datafusion_error(&e)))?;
+        // The reports reviewers diff: every run that evaluates a model writes them.
+        let batches = frame.clone().collect().await.map_err(|e| RunError::Engine(engine::describe_datafusion_error(&e)))?;
+        let metrics = report::metrics_from_batches(&batches).map_err(RunError::Engine)?;
+        artifacts.push(Artifact {
+            folder: report::REPORTS_DIR.to_string(),
+            files: vec![
+                (report::JSON_FILE.to_string(), report::to_json(&metrics).into_bytes()),
+                (report::MARKDOWN_FILE.to_string(), report::to_markdown(&plan.name, run_date, &metrics).into_bytes()),
+            ],
+        });
         session.register_table(evaluation::EVALUATION, frame.into_view()).map_err(|e| RunError::Engine(e.to_string()))?;
     }
     let mut staged = Vec::new();
@@ -196,7 +216,7 @@ async fn execute_stages(
         tracing::info!(table = %output.table, rows = table.manifest.rows, seconds = round_ms(started.elapsed().as_secs_f64()), "table written to staging");
         staged.push(table);
     }
-    // Saved models last: committed with the tables, listed apart from them.
+    // Saved models and reports last: committed with the tables, listed apart from them.
     for artifact in artifacts {
         let target = TableTarget {
             root: plan.output_root.clone(),

@@ -15,7 +15,7 @@ use crate::util::{Col, Sandbox, files_under, query, repo, segflow_in, summary, w
 
 /// Customers whose churn depends on recency (strongly) and on plan (a little); `noise` is
 /// unrelated to churn. Ids 1..=n.
-fn write_planted(path: &Path, n: usize, seed: u64) {
+pub fn write_planted(path: &Path, n: usize, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut ids, mut recency, mut spend, mut noise, mut plan, mut churned) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..n {
@@ -262,7 +262,7 @@ fn churn_stage_mistakes_are_reported_with_their_place() {
 }
 
 /// Copies a Parquet file through a SQL query over it (registered as `name`).
-fn copy_with_sql(from: &Path, to: &Path, name: &str, sql: &str) {
+pub fn copy_with_sql(from: &Path, to: &Path, name: &str, sql: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let batches: Vec<RecordBatch> = runtime.block_on(async {
         let ctx = SessionContext::new();

@@ -3,6 +3,7 @@
 
 mod churn;
 mod clean;
+mod report;
 mod core;
 mod segment;
 mod util;

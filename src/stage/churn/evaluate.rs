@@ -4,7 +4,7 @@
 //! |------------------------------------------|-----------|---------------------------------------|
 //! | `customers`, `churners`                  |           | rows and positives of the split       |
 //! | `roc_auc`, `pr_auc`, `log_loss`, `brier_score` |     | threshold-free quality                |
-//! | `accuracy`, `balanced_accuracy`, `precision`, `recall`, `f1`, `true_positives`, `false_positives`, `true_negatives`, `false_negatives` | `threshold` | the decision at the model's threshold |
+//! | `accuracy`, `balanced_accuracy`, `precision`, `recall`, `f1`, `true_positives`, `false_positives`, `true_negatives`, `false_negatives` |  | the decision at the model's threshold (split `train` records `threshold`) |
 //! | `churn_rate`, `lift`, `cumulative_gain`  | `decile`  | 1 = the tenth at highest risk         |
 //! | `mean_probability`, `observed_churn_rate`, `bin_customers` | `bin` | 10 uniform probability bins (calibration) |
 //!
@@ -25,7 +25,8 @@ pub fn model_on_split(rows: &mut EvaluationRows, model: &str, split: &str, label
     push("log_loss", Keys::default(), metrics::log_loss(labels, scores).ok());
     push("brier_score", Keys::default(), metrics::brier_score(labels, scores).ok());
 
-    let at = Keys { threshold: Some(threshold), ..Keys::default() };
+    // The decision metrics are keyed by nothing: the threshold moves between runs, and a
+    // reviewer diffs `test.f1` with `test.f1`. The threshold itself is its own metric.
     let matrix = ConfusionMatrix::at_threshold(labels, scores, threshold).ok();
     let decisions: [(&str, fn(&ConfusionMatrix) -> f64); 9] = [
         ("accuracy", ConfusionMatrix::accuracy),
@@ -39,7 +40,7 @@ pub fn model_on_split(rows: &mut EvaluationRows, model: &str, split: &str, label
         ("false_negatives", |m| m.fn_ as f64),
     ];
     for (metric, of) in decisions {
-        push(metric, at.clone(), matrix.as_ref().map(of));
+        push(metric, Keys::default(), matrix.as_ref().map(of));
     }
 
     let deciles = metrics::lift_by_decile(labels, scores).ok();
