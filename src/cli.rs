@@ -47,6 +47,17 @@ pub enum ReportCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Rebuild a run's HTML report from what it committed under its output root.
+    Html {
+        /// The pipeline's output root (holding `reports/` and `_segflow/`).
+        run_dir: PathBuf,
+        /// Which run date (default: the latest).
+        #[arg(long)]
+        run_date: Option<String>,
+        /// Where to write the page.
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,7 +116,7 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Evaluation reports: compare two runs.
+    /// Evaluation reports: compare two runs, or rebuild a run's HTML page.
     #[command(subcommand)]
     Report(ReportCommand),
     /// Write the demo data set: customers and a Hive-partitioned transactions folder.
@@ -281,6 +292,12 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
             } else {
                 Err(Error::Gate(format!("{} tolerance{} breached:\n  {}", breached.len(), if breached.len() == 1 { "" } else { "s" }, breached.join("\n  "))))
             }
+        }
+        Command::Report(ReportCommand::Html { run_dir, run_date, output }) => {
+            let page = crate::report::html::rebuild(&run_dir, run_date.as_deref()).map_err(Error::Usage)?;
+            std::fs::write(&output, page).map_err(|e| Error::Usage(format!("--output {}: {e}", output.display())))?;
+            tracing::info!(path = %output.display(), "report written");
+            Ok(None)
         }
         Command::DemoData { out, customers, seed, start, months } => {
             let summary = demo_data::generate(&out, &DemoOptions { customers, seed, start, months })?;

@@ -14,8 +14,9 @@
 //! | `metric`    | string  | `inertia`, `silhouette`, `roc_auc`, …                          |
 //! | `k`         | int64   | key: number of segments (the k curve), else null               |
 //! | `segment`   | int64   | key: segment id, else null                                     |
+//! | `previous_segment` | int64 | key: the segment a customer came from (migration), else null |
 //! | `decile`    | int64   | key: score decile, else null                                   |
-//! | `bin`       | int64   | key: calibration bin, else null                                |
+//! | `bin`       | int64   | key: calibration bin, or curve grid point (x = bin/100), else null |
 //! | `threshold` | float64 | key: decision threshold, else null                             |
 //! | `feature`   | string  | key: feature name, else null                                   |
 //! | `value`     | float64 | the measurement; null when undefined (silhouette at k = 1)    |
@@ -46,6 +47,7 @@ pub fn schema() -> SchemaRef {
         Field::new("metric", DataType::Utf8, false),
         Field::new("k", DataType::Int64, true),
         Field::new("segment", DataType::Int64, true),
+        Field::new("previous_segment", DataType::Int64, true),
         Field::new("decile", DataType::Int64, true),
         Field::new("bin", DataType::Int64, true),
         Field::new("threshold", DataType::Float64, true),
@@ -59,6 +61,7 @@ pub fn schema() -> SchemaRef {
 pub struct Keys {
     pub k: Option<i64>,
     pub segment: Option<i64>,
+    pub previous_segment: Option<i64>,
     pub decile: Option<i64>,
     pub bin: Option<i64>,
     pub threshold: Option<f64>,
@@ -72,6 +75,14 @@ impl Keys {
 
     pub fn segment(segment: i64) -> Self {
         Keys { segment: Some(segment), ..Keys::default() }
+    }
+
+    pub fn feature(feature: &str) -> Self {
+        Keys { feature: Some(feature.to_string()), ..Keys::default() }
+    }
+
+    pub fn threshold(threshold: f64) -> Self {
+        Keys { threshold: Some(threshold), ..Keys::default() }
     }
 }
 
@@ -113,6 +124,7 @@ impl EvaluationRows {
         let mut splits = StringBuilder::new();
         let mut metrics = StringBuilder::new();
         let (mut ks, mut segments, mut deciles, mut bins) = (Int64Builder::with_capacity(n), Int64Builder::with_capacity(n), Int64Builder::with_capacity(n), Int64Builder::with_capacity(n));
+        let mut previous_segments = Int64Builder::with_capacity(n);
         let mut thresholds = Float64Builder::with_capacity(n);
         let mut features = StringBuilder::new();
         let mut values = Float64Builder::with_capacity(n);
@@ -124,6 +136,7 @@ impl EvaluationRows {
             metrics.append_value(&row.metric);
             ks.append_option(row.keys.k);
             segments.append_option(row.keys.segment);
+            previous_segments.append_option(row.keys.previous_segment);
             deciles.append_option(row.keys.decile);
             bins.append_option(row.keys.bin);
             thresholds.append_option(row.keys.threshold);
@@ -138,6 +151,7 @@ impl EvaluationRows {
             Arc::new(metrics.finish()),
             Arc::new(ks.finish()),
             Arc::new(segments.finish()),
+            Arc::new(previous_segments.finish()),
             Arc::new(deciles.finish()),
             Arc::new(bins.finish()),
             Arc::new(thresholds.finish()),

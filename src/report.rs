@@ -8,6 +8,8 @@
 //! metrics that moved.
 
 pub mod diff;
+pub mod html;
+mod svg;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,11 +23,12 @@ use serde_json::{Map, Value};
 pub const REPORTS_DIR: &str = "reports";
 pub const JSON_FILE: &str = "evaluation.json";
 pub const MARKDOWN_FILE: &str = "evaluation.md";
+pub const HTML_FILE: &str = "report.html";
 pub const FORMAT: &str = "segflow.evaluation";
 pub const FORMAT_VERSION: u64 = 1;
 
 /// The keys that, with stage, model, split and metric, name one measurement.
-pub const KEYS: &[&str] = &["k", "segment", "decile", "bin", "threshold", "feature"];
+pub const KEYS: &[&str] = &["k", "segment", "previous_segment", "decile", "bin", "threshold", "feature"];
 
 /// A key's value: integers, a float (threshold) or text (feature).
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
@@ -136,11 +139,11 @@ pub fn metrics_from_batches(batches: &[RecordBatch]) -> Result<Vec<Metric>, Stri
             let column = datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Float64).map_err(|e| e.to_string())?;
             Ok(column.as_primitive::<Float64Type>().iter().collect())
         };
-        let (k, segment, decile, bin) = (int("k")?, int("segment")?, int("decile")?, int("bin")?);
+        let (k, segment, previous_segment, decile, bin) = (int("k")?, int("segment")?, int("previous_segment")?, int("decile")?, int("bin")?);
         let (threshold, value) = (float("threshold")?, float("value")?);
         for r in 0..batch.num_rows() {
             let mut keys = Vec::new();
-            for (name, column) in [("k", &k), ("segment", &segment), ("decile", &decile), ("bin", &bin)] {
+            for (name, column) in [("k", &k), ("segment", &segment), ("previous_segment", &previous_segment), ("decile", &decile), ("bin", &bin)] {
                 if let Some(v) = column[r] {
                     keys.push((name, KeyValue::Int(v)));
                 }

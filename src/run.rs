@@ -176,19 +176,29 @@ async fn execute_stages(
         tracing::info!(stage = %planned.name, seconds, "stage ready");
         summaries.push(StageSummary { name: planned.name.clone(), kind: planned.kind.to_string(), seconds, metrics: output.metrics });
     }
+    let mut metrics = Vec::new();
     if !evaluation_parts.is_empty() {
         let frame = evaluation::union(&session, &evaluation_parts).await.map_err(|e| RunError::Engine(engine::describe_datafusion_error(&e)))?;
-        // The reports reviewers diff: every run that evaluates a model writes them.
         let batches = frame.clone().collect().await.map_err(|e| RunError::Engine(engine::describe_datafusion_error(&e)))?;
-        let metrics = report::metrics_from_batches(&batches).map_err(RunError::Engine)?;
+        metrics = report::metrics_from_batches(&batches).map_err(RunError::Engine)?;
+        session.register_table(evaluation::EVALUATION, frame.into_view()).map_err(|e| RunError::Engine(e.to_string()))?;
+    }
+    // The reports reviewers diff and read: every run that evaluates a model or cleans data
+    // writes them. No timings inside, so the same input and seed give the same bytes.
+    if !evaluation_parts.is_empty() || summaries.iter().any(|s| s.kind == "clean") {
+        let counts: Vec<report::html::StageCounts> = summaries.iter().map(|s| (s.name.clone(), s.kind.clone(), s.metrics.clone())).collect();
+        let json = report::to_json(&metrics);
+        // The pages are drawn from the JSON as written (rounded), so `segflow report html`
+        // rebuilds them byte for byte from the committed files.
+        let metrics = report::from_json(&json, std::path::Path::new(report::JSON_FILE)).map_err(RunError::Engine)?;
         artifacts.push(Artifact {
             folder: report::REPORTS_DIR.to_string(),
             files: vec![
-                (report::JSON_FILE.to_string(), report::to_json(&metrics).into_bytes()),
+                (report::JSON_FILE.to_string(), json.into_bytes()),
                 (report::MARKDOWN_FILE.to_string(), report::to_markdown(&plan.name, run_date, &metrics).into_bytes()),
+                (report::HTML_FILE.to_string(), report::html::render(&plan.name, run_date, &metrics, &counts).into_bytes()),
             ],
         });
-        session.register_table(evaluation::EVALUATION, frame.into_view()).map_err(|e| RunError::Engine(e.to_string()))?;
     }
     let mut staged = Vec::new();
     for output in &plan.outputs {

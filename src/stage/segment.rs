@@ -509,8 +509,26 @@ impl Stage for SegmentStage {
             _ => None,
         };
 
+        let prepared_names = preparation.output_names();
         for p in &profiles {
-            evaluation.push(model_name, "all", "customers", Keys::segment(i64::from(ids[p.index])), Some(p.customers as f64));
+            let segment = i64::from(ids[p.index]);
+            evaluation.push(model_name, "all", "customers", Keys::segment(segment), Some(p.customers as f64));
+            // The centroid's distance from the average customer, per prepared feature: the
+            // report's heat map, and a diff shows a segment drifting.
+            for (name, z) in prepared_names.iter().zip(&p.z_scores) {
+                evaluation.push(model_name, "all", "centroid_z_score", Keys { segment: Some(segment), feature: Some(name.clone()), ..Keys::default() }, Some(*z));
+            }
+        }
+        if let Some((_, rows)) = &migration {
+            for r in rows {
+                let keys = Keys { segment: r.to.map(i64::from), previous_segment: r.from.map(i64::from), ..Keys::default() };
+                let metric = match (r.from, r.to) {
+                    (Some(_), Some(_)) => "customers_moved",
+                    (None, _) => "customers_new",
+                    (_, None) => "customers_gone",
+                };
+                evaluation.push(model_name, "all", metric, keys, Some(r.customers as f64));
+            }
         }
         evaluation.push(model_name, "all", "k", Keys::default(), Some(k as f64));
         evaluation.push(model_name, "all", "inertia", Keys::k(k), Some(fit.inertia));

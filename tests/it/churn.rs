@@ -143,10 +143,11 @@ fn a_planted_churn_signal_is_learnt_evaluated_and_explained_for_every_customer()
     // Lift and calibration tables are complete for both models and both splits.
     let shape = query(
         &[("e", &evaluation)],
-        "SELECT model, split, COUNT(DISTINCT decile), COUNT(DISTINCT bin) FROM e WHERE stage = 'churn' AND split IN ('train', 'test') GROUP BY model, split ORDER BY model, split",
+        "SELECT model, split, COUNT(DISTINCT decile), COUNT(DISTINCT CASE WHEN metric = 'mean_probability' THEN bin END), COUNT(CASE WHEN metric = 'roc_tpr' THEN bin END) \
+         FROM e WHERE stage = 'churn' AND split IN ('train', 'test') GROUP BY model, split ORDER BY model, split",
     );
     assert_eq!(shape.len(), 4);
-    assert!(shape.iter().all(|r| r[2] == "10" && r[3] == "10"), "{shape:?}");
+    assert!(shape.iter().all(|r| r[2] == "10" && r[3] == "10" && r[4] == "101"), "{shape:?}");
 }
 
 #[test]
@@ -279,7 +280,7 @@ pub fn copy_with_sql(from: &Path, to: &Path, name: &str, sql: &str) {
 }
 
 /// The demo pipeline, its SQL and freshly generated demo data in a sandbox.
-fn demo_sandbox(customers: usize) -> Sandbox {
+pub fn demo_sandbox(customers: usize) -> Sandbox {
     let sandbox = Sandbox::new();
     for file in ["pipelines/demo.yaml", "sql/purchase_features.sql", "sql/demo_customer_features.sql"] {
         sandbox.write(file, &std::fs::read_to_string(repo().join(file)).unwrap());

@@ -76,3 +76,48 @@ fn the_same_input_and_seed_give_byte_identical_reports_and_diff_shows_only_what_
     assert_eq!(whole.code, 2, "{}", whole.stderr);
     assert!(whole.stderr.contains("holds several run dates; give one partition"), "{}", whole.stderr);
 }
+
+#[test]
+fn every_run_writes_an_html_report_with_every_chart_and_it_can_be_rebuilt_byte_for_byte() {
+    let sandbox = crate::churn::demo_sandbox(300);
+    for date in ["2025-01-01", "2025-02-01"] {
+        let ran = crate::util::segflow_in(sandbox.root(), &["run", "pipelines/demo.yaml", "--run-date", date, "--output-root", "out"]);
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+    }
+    let page = std::fs::read_to_string(sandbox.path("out/reports/run_date=2025-02-01/report.html")).unwrap();
+    for id in [
+        "data-quality-transactions",
+        "k-curve-segments",
+        "silhouette-segments",
+        "segment-sizes-segments",
+        "centroids-segments",
+        "migration-segments",
+        "roc-churn",
+        "pr-churn",
+        "lift-churn",
+        "gains-churn",
+        "calibration-churn",
+        "importance-churn",
+        "confusion-churn",
+        "churn-by-segment-churn",
+    ] {
+        let figure = format!("<figure class=\"chart\" id=\"{id}\">");
+        let at = page.find(&figure).unwrap_or_else(|| panic!("no chart {id}"));
+        assert!(page[at..].find("<svg").unwrap() < page[at..].find("</figure>").unwrap(), "{id} has no drawing");
+    }
+    // Self-contained: no script, nothing fetched.
+    for banned in ["<script", "http://", "https://", "<link", "<img"] {
+        let outside_svg_namespace = page.replace("http://www.w3.org/2000/svg", "");
+        assert!(!outside_svg_namespace.contains(banned), "the report contains {banned}");
+    }
+    // The first run had no previous model: no migration chart, a note instead.
+    let first = std::fs::read_to_string(sandbox.path("out/reports/run_date=2025-01-01/report.html")).unwrap();
+    assert!(!first.contains("id=\"migration-segments\"") && first.contains("No migration"));
+
+    let rebuilt = sandbox.segflow(&["report", "html", "out", "--run-date", "2025-02-01", "--output", "rebuilt.html"]);
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
+    assert!(std::fs::read_to_string(sandbox.path("rebuilt.html")).unwrap() == page, "rebuilt from evaluation.json and run.json, the page is the same");
+    let latest = sandbox.segflow(&["report", "html", "out", "--output", "latest.html"]);
+    assert_eq!(latest.code, 0, "{}", latest.stderr);
+    assert!(std::fs::read_to_string(sandbox.path("latest.html")).unwrap() == page, "the latest run date by default");
+}

@@ -7,6 +7,7 @@
 //! | `accuracy`, `balanced_accuracy`, `precision`, `recall`, `f1`, `true_positives`, `false_positives`, `true_negatives`, `false_negatives` |  | the decision at the model's threshold (split `train` records `threshold`) |
 //! | `churn_rate`, `lift`, `cumulative_gain`  | `decile`  | 1 = the tenth at highest risk         |
 //! | `mean_probability`, `observed_churn_rate`, `bin_customers` | `bin` | 10 uniform probability bins (calibration) |
+//! | `roc_tpr`, `pr_precision` | `bin` | the ROC curve (TPR at FPR = bin/100) and the interpolated precision-recall curve (precision at recall = bin/100) |
 //!
 //! A metric a split cannot define (ROC AUC of a split with one class, say) is written with a
 //! null value, not left out, so two runs list the same metrics.
@@ -52,6 +53,24 @@ pub fn model_on_split(rows: &mut EvaluationRows, model: &str, split: &str, label
         push("cumulative_gain", keys, row.map(|r| r.cumulative_gain));
     }
 
+    // The curves on a fixed grid, so that two runs' curves match point by point in a diff:
+    // the true-positive rate at false-positive rate bin/100, and the (interpolated) precision
+    // at recall bin/100.
+    if let Ok(roc) = metrics::roc_curve(labels, scores) {
+        for (bin, at) in grid() {
+            // ROC is a step up and to the right: the best TPR reached by FPR `at`.
+            let tpr = roc.fpr.iter().zip(&roc.tpr).filter(|(f, _)| **f <= at + 1e-12).map(|(_, t)| *t).fold(0.0, f64::max);
+            push("roc_tpr", Keys { bin: Some(bin), ..Keys::default() }, Some(tpr));
+        }
+    }
+    if let Ok(pr) = metrics::pr_curve(labels, scores) {
+        for (bin, at) in grid() {
+            // Interpolated precision: the best precision at this recall or more.
+            let precision = pr.recall.iter().zip(&pr.precision).filter(|(r, _)| **r >= at - 1e-12).map(|(_, p)| *p).fold(0.0, f64::max);
+            push("pr_precision", Keys { bin: Some(bin), ..Keys::default() }, Some(precision));
+        }
+    }
+
     let bins = metrics::calibration(labels, scores, DEFAULT_CALIBRATION_BINS).ok();
     for bin in 1..=DEFAULT_CALIBRATION_BINS {
         let row = bins.as_ref().and_then(|b| b.iter().find(|r| r.bin == bin));
@@ -61,6 +80,13 @@ pub fn model_on_split(rows: &mut EvaluationRows, model: &str, split: &str, label
         push("bin_customers", keys, row.map(|r| r.customers as f64));
     }
 }
+
+/// Grid points of the curves: (bin, x) for x = 0, 0.01, …, 1.
+fn grid() -> impl Iterator<Item = (i64, f64)> {
+    (0..=CURVE_STEPS).map(|bin| (bin, bin as f64 / CURVE_STEPS as f64))
+}
+
+const CURVE_STEPS: i64 = 100;
 
 /// Per-feature importances: `metric` with the `feature` key, plus `<metric>_std` when given.
 pub fn importances(rows: &mut EvaluationRows, model: &str, split: &str, metric: &str, features: &[String], values: &[f64], spread: Option<&[f64]>) {
@@ -83,7 +109,9 @@ mod tests {
         model_on_split(&mut full, "random_forest", "test", &[0, 1, 0, 1], &[0.1, 0.9, 0.4, 0.6], 0.5);
         let mut one_class = EvaluationRows::default();
         model_on_split(&mut one_class, "random_forest", "test", &[0, 0, 0], &[0.1, 0.2, 0.3], 0.5);
-        assert_eq!(full.len(), one_class.len(), "the same metrics whatever the data");
+        // The curves need both classes (101 points each); everything else is listed whatever
+        // the data.
+        assert_eq!(full.len() - 2 * 101, one_class.len(), "the same metrics whatever the data");
         let batch = one_class.to_batch("r", "churn").unwrap();
         let values = batch.column_by_name("value").unwrap();
         assert!(values.null_count() > 0, "ROC AUC of one class is null");
