@@ -91,6 +91,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|t| format!("{:.3}", 1000.0 * t))
         .collect();
+    // Plain Lloyd (no bounds): every row is scored against every centre each iteration.
+    println!("rust_algorithm=lloyd");
     println!("rust_threads={}", rayon::current_num_threads());
     println!("rust_n_iter={}", fit.n_iter);
     println!(

@@ -5,12 +5,14 @@
       little-endian float64 (NAME.f64) with its shape as text "rows cols" (NAME.shape):
       DIR/x.*, DIR/init.*. The data are K overlapping Gaussian blobs, so that Lloyd keeps
       moving labels for many iterations and every timed run does the same work.
-  run DIR --iters N --repeats R
-      Times KMeans(n_clusters=K, init=<DIR/init>, n_init=1, algorithm="lloyd",
+  run DIR --iters N --repeats R [--algorithms lloyd,elkan]
+      Times KMeans(n_clusters=K, init=<DIR/init>, n_init=1, algorithm=A,
       max_iter=N, tol=0).fit(X) and the same with max_iter=1, R times each (after one
-      warm-up), and prints key=value lines; ms per iteration is (t(N) - t(1)) / (N - 1),
-      which leaves out the fixed cost of a fit (validating, copying and centring X).
-      N must stay below the iteration at which Lloyd converges (48 on the default data).
+      warm-up), for each algorithm A given, and prints key=value lines; ms per iteration
+      is (t(N) - t(1)) / (N - 1), which leaves out the fixed cost of a fit (validating,
+      copying and centring X). The keys of "lloyd" are sklearn_*, those of any other
+      algorithm sklearn_<A>_*. N must stay below the iteration at which Lloyd converges
+      (48 on the default data).
 """
 import argparse
 import os
@@ -55,33 +57,37 @@ def run(args):
     x = read_array(os.path.join(args.dir, "x"))
     init = read_array(os.path.join(args.dir, "init"))
 
-    def fit(max_iter):
+    def fit(algorithm, max_iter):
         model = KMeans(
-            n_clusters=init.shape[0], init=init, n_init=1, algorithm="lloyd",
+            n_clusters=init.shape[0], init=init, n_init=1, algorithm=algorithm,
             max_iter=max_iter, tol=0.0,
         )
         start = time.perf_counter()
         model.fit(x)
         return time.perf_counter() - start, model
 
-    fit(1)  # warm-up: page the data in, start the OpenMP pool
-    per_iteration, whole = [], []
-    for _ in range(args.repeats):
-        # A fit also validates, copies and centres X: timing 1 and N iterations and taking
-        # the difference leaves the cost of N - 1 Lloyd iterations alone.
-        one, _ = fit(1)
-        many, model = fit(args.iters)
-        per_iteration.append((many - one) / (model.n_iter_ - 1))
-        whole.append(many / model.n_iter_)
-    openmp = [p for p in threadpool_info() if p.get("user_api") == "openmp"]
-    threads = openmp[0]["num_threads"] if openmp else "unknown"
     print(f"sklearn_version={sklearn.__version__}")
-    print(f"sklearn_threads={threads}")
-    print(f"sklearn_n_iter={model.n_iter_}")
-    print(f"sklearn_ms_per_iter={1000 * float(np.median(per_iteration)):.3f}")
-    print(f"sklearn_ms_per_iter_all={','.join(f'{1000 * t:.3f}' for t in per_iteration)}")
-    print(f"sklearn_ms_whole_fit_per_iter={1000 * float(np.median(whole)):.3f}")
-    print(f"sklearn_inertia={model.inertia_!r}")
+    for algorithm in args.algorithms.split(","):
+        fit(algorithm, 1)  # warm-up: page the data in, start the OpenMP pool
+        per_iteration, whole = [], []
+        for _ in range(args.repeats):
+            # A fit also validates, copies and centres X: timing 1 and N iterations and
+            # taking the difference leaves the cost of N - 1 iterations alone.
+            one, _ = fit(algorithm, 1)
+            many, model = fit(algorithm, args.iters)
+            per_iteration.append((many - one) / (model.n_iter_ - 1))
+            whole.append(many / model.n_iter_)
+        # The OpenMP pool exists once a fit ran.
+        openmp = [p for p in threadpool_info() if p.get("user_api") == "openmp"]
+        threads = openmp[0]["num_threads"] if openmp else "unknown"
+        key = "sklearn" if algorithm == "lloyd" else f"sklearn_{algorithm}"
+        print(f"{key}_algorithm={algorithm}")
+        print(f"{key}_threads={threads}")
+        print(f"{key}_n_iter={model.n_iter_}")
+        print(f"{key}_ms_per_iter={1000 * float(np.median(per_iteration)):.3f}")
+        print(f"{key}_ms_per_iter_all={','.join(f'{1000 * t:.3f}' for t in per_iteration)}")
+        print(f"{key}_ms_whole_fit_per_iter={1000 * float(np.median(whole)):.3f}")
+        print(f"{key}_inertia={model.inertia_!r}")
 
 
 def main():
@@ -97,6 +103,7 @@ def main():
     r.add_argument("dir")
     r.add_argument("--iters", type=int, default=20)
     r.add_argument("--repeats", type=int, default=5)
+    r.add_argument("--algorithms", default="lloyd", help="comma-separated KMeans algorithms")
     args = parser.parse_args()
     {"generate": generate, "run": run}[args.command](args)
 
