@@ -81,8 +81,18 @@ pub enum Command {
         /// Write tables here instead of the pipeline's `output_root`.
         #[arg(long)]
         output_root: Option<PathBuf>,
+        /// Also write the summary line (the last line of stdout) to this file — for
+        /// KubernetesPodOperator, `/airflow/xcom/return.json`.
+        #[arg(long)]
+        xcom_file: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
+    },
+    /// Print the pipeline's DAG (inputs → stages → output tables) as Graphviz DOT.
+    Graph {
+        file: PathBuf,
+        #[command(flatten)]
+        params: RunParams,
     },
     /// Assign new customers to the segments of a saved model, without refitting.
     Assign {
@@ -243,7 +253,13 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
             );
             Ok(None)
         }
-        Command::Run { file, params, run_id, output_root, engine } => {
+        Command::Graph { file, params } => {
+            let plan = plan::load_and_check(&file, &plan_options(&params, None), &EngineOptions::default())
+                .await
+                .map_err(Error::Config)?;
+            Ok(Some(crate::graph::dot(&plan).trim_end().to_string()))
+        }
+        Command::Run { file, params, run_id, output_root, xcom_file, engine } => {
             let run_id = run_id.unwrap_or_else(new_run_id);
             check_run_id(&run_id)?;
             let engine_options = engine.options();
@@ -260,8 +276,17 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
                 "status": summary.status,
                 "seconds": summary.seconds,
                 "tables": summary.tables.iter().map(|t| serde_json::json!({"table": t.table, "rows": t.rows, "path": t.path})).collect::<Vec<_>>(),
+                "run_results": plan.output_root.join(crate::sink::SEGFLOW_DIR).join("runs").join(crate::sink::file_safe(&summary.run_id)).join(run::RESULTS_FILE).display().to_string(),
             }))
             .unwrap_or_default();
+            if let Some(path) = xcom_file {
+                let written = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::write(&path, &line));
+                if let Err(e) = written {
+                    // The run has committed: say so, but fail the task, since XCom consumers
+                    // would read nothing.
+                    return Err(Error::Usage(format!("--xcom-file {}: {e} (the run itself succeeded and is committed)", path.display())));
+                }
+            }
             Ok(Some(line))
         }
         Command::Assign { model, input, output, run_id, engine } => {

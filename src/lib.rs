@@ -12,6 +12,8 @@ pub mod diag;
 pub mod engine;
 pub mod error;
 pub mod evaluation;
+pub mod graph;
+pub mod lock;
 /// The model kernels, from their own crate (crates/segflow-ml).
 pub use segflow_ml as ml;
 pub mod plan;

@@ -31,16 +31,27 @@ pub enum RunError {
     Engine(String),
     #[error("{action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
 }
 
-/// What a run did: the record kept under `_segflow/runs/<run>/run.json` and the one-line
-/// summary printed last on stdout.
+/// The run record's file name, under `<output_root>/_segflow/runs/<run id>/`.
+pub const RESULTS_FILE: &str = "run_results.json";
+
+/// What a run did: `run_results.json`, written whether the run succeeded or failed, and the
+/// source of the one-line summary printed last on stdout.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub pipeline: String,
     pub run_id: String,
     pub run_date: String,
+    /// `success` or `failed`.
     pub status: &'static str,
+    /// What failed, when the run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub started_at: String,
+    pub ended_at: String,
     pub output_root: String,
     pub stages: Vec<StageSummary>,
     pub tables: Vec<TableSummary>,
@@ -55,8 +66,23 @@ pub struct RunSummary {
 pub struct StageSummary {
     pub name: String,
     pub kind: String,
+    /// `success`, `failed`, or `skipped` (after a failure upstream or elsewhere).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
     pub seconds: f64,
+    /// Counts the stage reported: rows in and out, rejected by reason, customers, …
     pub metrics: StageMetrics,
+    /// Data tests (`test:<name>` metrics): failing rows per test.
+    pub data_tests: std::collections::BTreeMap<String, i64>,
+    /// The tables written from this stage's results, once committed.
+    pub outputs: Vec<TableSummary>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,18 +91,33 @@ pub struct TableSummary {
     pub path: String,
     pub rows: u64,
     pub files: usize,
+    /// The partition's `_manifest.json`.
+    pub manifest: String,
+    /// The schema version the manifest records.
+    pub schema_version: u32,
+    /// The stage result the table was written from.
+    #[serde(skip)]
+    pub from: String,
 }
 
 /// Runs every stage, writes every output to staging, then commits them all.
 pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) -> Result<RunSummary, RunError> {
     let started = Instant::now();
+    let started_at = now();
     let Some(run_date) = plan.run_date() else {
         return Err(RunError::Engine("internal: run_date is not set".to_string()));
     };
+    // Held until this function returns, whatever happens: one run per run date.
+    let _lock = crate::lock::RunLock::acquire(&plan.output_root, &run_date, run_id)?;
     let staging = sink::staging_root(&plan.output_root, run_id);
-    let result = execute_stages(plan, run_id, &run_date, engine_options).await;
+    let mut stages: Vec<StageSummary> = plan
+        .stages
+        .iter()
+        .map(|s| StageSummary { name: s.name.clone(), kind: s.kind.to_string(), status: "skipped", started_at: None, ended_at: None, seconds: 0.0, metrics: StageMetrics::new(), data_tests: Default::default(), outputs: Vec::new() })
+        .collect();
+    let result = execute_stages(plan, run_id, &run_date, engine_options, &mut stages).await;
     let outcome = match result {
-        Ok((stages, staged)) => {
+        Ok(staged) => {
             let mut tables = Vec::new();
             let mut models = Vec::new();
             let mut reports = None;
@@ -94,25 +135,18 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
                     reports = Some(live.display().to_string());
                     continue;
                 }
+                let from = plan.outputs.iter().find(|o| o.table == manifest.table).map(|o| o.from.clone()).unwrap_or_default();
                 tables.push(TableSummary {
                     table: manifest.table,
                     path: live.display().to_string(),
                     rows: manifest.rows,
                     files: manifest.files.len(),
+                    manifest: live.join(sink::MANIFEST_FILE).display().to_string(),
+                    schema_version: manifest.schema_version,
+                    from,
                 });
             }
-            Ok(RunSummary {
-                pipeline: plan.name.clone(),
-                run_id: run_id.to_string(),
-                run_date: run_date.clone(),
-                status: "success",
-                output_root: plan.output_root.display().to_string(),
-                stages,
-                tables,
-                models,
-                reports,
-                seconds: round_ms(started.elapsed().as_secs_f64()),
-            })
+            Ok((tables, models, reports))
         }
         Err(e) => Err(e),
     };
@@ -122,8 +156,39 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
             tracing::warn!(path = %staging.display(), error = %e, "could not remove the staging folder");
         }
     }
-    let summary = outcome?;
-    write_run_record(plan, run_id, &summary)?;
+    let (tables, models, reports, error) = match outcome {
+        Ok((tables, models, reports)) => (tables, models, reports, None),
+        Err(e) => (Vec::new(), Vec::new(), None, Some(e)),
+    };
+    // Each table under the stage it was written from (`evaluation` under every contributor).
+    for (stage, planned) in stages.iter_mut().zip(&plan.stages) {
+        let contributes = evaluation::contributes(planned.stage.as_ref());
+        let own = |from: &str| from == planned.name || planned.stage.secondary_results().iter().any(|part| from == format!("{}_{part}", planned.name));
+        stage.outputs = tables.iter().filter(|t| own(&t.from) || (contributes && t.from == evaluation::EVALUATION)).cloned().collect();
+    }
+    let summary = RunSummary {
+        pipeline: plan.name.clone(),
+        run_id: run_id.to_string(),
+        run_date: run_date.clone(),
+        status: if error.is_none() { "success" } else { "failed" },
+        error: error.as_ref().map(|e| e.to_string()),
+        started_at,
+        ended_at: now(),
+        output_root: plan.output_root.display().to_string(),
+        stages,
+        tables,
+        models,
+        reports,
+        seconds: round_ms(started.elapsed().as_secs_f64()),
+    };
+    let recorded = write_run_record(plan, run_id, &summary);
+    if let Some(e) = error {
+        if let Err(record_error) = recorded {
+            tracing::warn!(error = %record_error, "could not write the run record of the failed run");
+        }
+        return Err(e);
+    }
+    recorded?;
     Ok(summary)
 }
 
@@ -136,18 +201,19 @@ async fn execute_stages(
     run_id: &str,
     run_date: &str,
     engine_options: &EngineOptions,
-) -> Result<(Vec<StageSummary>, Vec<StagedTable>), RunError> {
+    summaries: &mut [StageSummary],
+) -> Result<Vec<StagedTable>, RunError> {
     let session = engine::session(engine_options).map_err(|e| RunError::Engine(e.to_string()))?;
     for input in &plan.inputs {
         engine::register_parquet(&session, &input.name, &input.location)
             .await
             .map_err(|e| RunError::Engine(format!("input `{}`: {}", input.name, engine::describe_datafusion_error(&e))))?;
     }
-    let mut summaries = Vec::new();
     let mut artifacts = Vec::new();
     let mut evaluation_parts: Vec<String> = Vec::new();
-    for planned in &plan.stages {
+    for (index, planned) in plan.stages.iter().enumerate() {
         let started = Instant::now();
+        summaries[index].started_at = Some(now());
         tracing::info!(stage = %planned.name, kind = planned.kind, "stage started");
         let ctx = StageContext {
             session: &session,
@@ -158,11 +224,16 @@ async fn execute_stages(
             run_date,
             output_root: &plan.output_root,
         };
-        let output = planned
-            .stage
-            .run(&ctx)
-            .await
-            .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.message })?;
+        let output = match planned.stage.run(&ctx).await {
+            Ok(output) => output,
+            Err(e) => {
+                let summary = &mut summaries[index];
+                summary.status = "failed";
+                summary.ended_at = Some(now());
+                summary.seconds = round_ms(started.elapsed().as_secs_f64());
+                return Err(RunError::Stage { stage: planned.name.clone(), message: e.message });
+            }
+        };
         for result in output.results {
             if result.name == format!("{}_{}", planned.name, evaluation::PART) {
                 evaluation_parts.push(result.name.clone());
@@ -174,7 +245,12 @@ async fn execute_stages(
         artifacts.extend(output.artifacts);
         let seconds = round_ms(started.elapsed().as_secs_f64());
         tracing::info!(stage = %planned.name, seconds, "stage ready");
-        summaries.push(StageSummary { name: planned.name.clone(), kind: planned.kind.to_string(), seconds, metrics: output.metrics });
+        let summary = &mut summaries[index];
+        summary.status = "success";
+        summary.ended_at = Some(now());
+        summary.seconds = seconds;
+        summary.data_tests = output.metrics.iter().filter_map(|(k, v)| k.strip_prefix("test:").map(|t| (t.to_string(), *v))).collect();
+        summary.metrics = output.metrics;
     }
     let mut metrics = Vec::new();
     if !evaluation_parts.is_empty() {
@@ -215,14 +291,22 @@ async fn execute_stages(
             run_date: run_date.to_string(),
             schema_version: output.schema_version,
         };
-        let table = sink::stage(target, frame).await.map_err(|e| match e {
-            // A query that fails while its rows are computed is the stage's failure.
-            sink::SinkError::Compute { table, message } => {
-                let stage = output.from.clone();
-                RunError::Stage { stage, message: format!("while computing table `{table}`: {message}") }
+        let table = match sink::stage(target, frame).await {
+            Ok(table) => table,
+            // A query that fails while its rows are computed is its stage's failure (a lazy
+            // stage computes nothing until a table is written), and what reads it is skipped.
+            Err(sink::SinkError::Compute { table, message }) => {
+                let stage = plan
+                    .stages
+                    .iter()
+                    .find(|s| output.from == s.name || s.stage.secondary_results().iter().any(|part| output.from == format!("{}_{part}", s.name)))
+                    .map(|s| s.name.clone())
+                    .unwrap_or_else(|| output.from.clone());
+                mark_failed(plan, summaries, &stage);
+                return Err(RunError::Stage { stage, message: format!("while computing table `{table}`: {message}") });
             }
-            other => RunError::Sink(other),
-        })?;
+            Err(other) => return Err(RunError::Sink(other)),
+        };
         tracing::info!(table = %output.table, rows = table.manifest.rows, seconds = round_ms(started.elapsed().as_secs_f64()), "table written to staging");
         staged.push(table);
     }
@@ -238,7 +322,26 @@ async fn execute_stages(
         };
         staged.push(sink::stage_files(target, &artifact.files)?);
     }
-    Ok((summaries, staged))
+    Ok(staged)
+}
+
+/// `failed` for `stage`, `skipped` for every stage that reads it, directly or not.
+fn mark_failed(plan: &Plan, summaries: &mut [StageSummary], stage: &str) {
+    let mut downstream = vec![stage.to_string()];
+    for planned in &plan.stages {
+        // Stages are in dependency order, so one pass finds every descendant.
+        let reads_failed = planned.inputs.iter().any(|input| downstream.iter().any(|d| input == d || input.starts_with(&format!("{d}_"))));
+        if reads_failed && !downstream.contains(&planned.name) {
+            downstream.push(planned.name.clone());
+        }
+    }
+    for summary in summaries.iter_mut() {
+        if summary.name == stage {
+            summary.status = "failed";
+        } else if downstream.contains(&summary.name) {
+            summary.status = "skipped";
+        }
+    }
 }
 
 /// The output's rows in a total order — the declared sort columns, then every other column —
@@ -270,7 +373,7 @@ async fn sorted_output(session: &SessionContext, output: &PlannedOutput) -> Resu
 fn write_run_record(plan: &Plan, run_id: &str, summary: &RunSummary) -> Result<(), RunError> {
     let dir = plan.output_root.join(sink::SEGFLOW_DIR).join("runs").join(sink::file_safe(run_id));
     std::fs::create_dir_all(&dir).map_err(|source| RunError::Io { action: "create", path: dir.clone(), source })?;
-    let path = dir.join("run.json");
+    let path = dir.join(RESULTS_FILE);
     let text = serde_json::to_string_pretty(summary).map_err(|e| RunError::Engine(e.to_string()))?;
     std::fs::write(&path, text).map_err(|source| RunError::Io { action: "write", path, source })
 }

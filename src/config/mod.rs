@@ -20,6 +20,7 @@
 //!   customer_features: { partition_by: run_date, sort_by: [customer_id] }
 //! ```
 
+pub mod env;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -157,8 +158,11 @@ pub fn load(path: &Path) -> Result<(RawPipeline, Diagnostics), Diagnostics> {
 
 /// Parses pipeline text; `file` resolves relative paths, `shown` is how messages name it.
 pub fn load_str(text: &str, file: &Path, shown: &Path) -> Result<(RawPipeline, Diagnostics), Diagnostics> {
-    let root = yaml::parse(text).map_err(|e| Diagnostic::new(shown, e.pos, format!("invalid YAML: {}", e.message)))?;
+    let mut root = yaml::parse(text).map_err(|e| Diagnostic::new(shown, e.pos, format!("invalid YAML: {}", e.message)))?;
     let mut diags = Diagnostics::default();
+    for problem in env::interpolate(&mut root, &|name| std::env::var(name).ok()) {
+        diags.push(Diagnostic::new(shown, Some(problem.pos), problem.message));
+    }
     let mut pipeline = RawPipeline {
         file: file.to_path_buf(),
         name: None,

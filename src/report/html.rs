@@ -1,6 +1,6 @@
 //! `report.html`: one self-contained page per run — inline SVG charts and CSS, no script, no
 //! network — drawn from the run's evaluation metrics and its stages' data-quality counts, so
-//! it can be rebuilt from the committed `evaluation.json` and `run.json` alone.
+//! it can be rebuilt from the committed `evaluation.json` and `run_results.json` alone.
 //!
 //! Every chart is a `<figure class="chart" id="…">`: the browser test
 //! (`tests/browser/report_in_chromium.sh`) checks each is laid out with a non-zero size.
@@ -236,7 +236,7 @@ fn churn(out: &mut String, view: &View<'_>, stage: &str) {
 
 /// `segflow report html RUN_DIR`: rebuilds a run's page from what it committed under the
 /// output root RUN_DIR — `reports/run_date=D/evaluation.json`, and the stages' counts from
-/// the run record `_segflow/runs/<run id>/run.json` of the run that wrote it. `run_date`:
+/// the run record `_segflow/runs/<run id>/run_results.json` of the run that wrote it. `run_date`:
 /// the latest when not given.
 pub fn rebuild(run_dir: &std::path::Path, run_date: Option<&str>) -> Result<String, String> {
     let reports = run_dir.join(super::REPORTS_DIR);
@@ -257,7 +257,7 @@ pub fn rebuild(run_dir: &std::path::Path, run_date: Option<&str>) -> Result<Stri
     let run_id = manifest.get("run_id").and_then(|v| v.as_str()).ok_or_else(|| format!("{}: no run_id", partition.join("_manifest.json").display()))?;
     let date = manifest.get("run_date").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let metrics = super::from_json(&read(partition.join(super::JSON_FILE))?, &partition.join(super::JSON_FILE))?;
-    let record_path = run_dir.join(crate::sink::SEGFLOW_DIR).join("runs").join(crate::sink::file_safe(run_id)).join("run.json");
+    let record_path = run_dir.join(crate::sink::SEGFLOW_DIR).join("runs").join(crate::sink::file_safe(run_id)).join(crate::run::RESULTS_FILE);
     let record: serde_json::Value = serde_json::from_str(&read(record_path.clone())?).map_err(|e| format!("{}: {e}", record_path.display()))?;
     let pipeline = record.get("pipeline").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let stages: Vec<StageCounts> = record

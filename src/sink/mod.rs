@@ -42,6 +42,8 @@ const ROWS_PER_ROW_GROUP: usize = 262_144;
 
 /// The folder of segflow's own bookkeeping under an output root: staging, run records, locks.
 pub const SEGFLOW_DIR: &str = "_segflow";
+/// Each partition's manifest file.
+pub const MANIFEST_FILE: &str = "_manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -200,7 +202,7 @@ fn seal(target: TableTarget, staging_dir: PathBuf, files: Vec<ManifestFile>, sch
         schema,
         writer: format!("segflow {}", env!("CARGO_PKG_VERSION")),
     };
-    let manifest_path = staging_dir.join("_manifest.json");
+    let manifest_path = staging_dir.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| SinkError::Parquet { table: target.table.clone(), message: e.to_string() })?;
     write_synced(&manifest_path, text.as_bytes()).map_err(target.io("write", &manifest_path))?;
     let success = staging_dir.join("_SUCCESS");
@@ -263,7 +265,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Reads the manifest of a live partition, if it has one.
 pub fn read_manifest(dir: &Path) -> Option<Manifest> {
-    let text = fs::read_to_string(dir.join("_manifest.json")).ok()?;
+    let text = fs::read_to_string(dir.join(MANIFEST_FILE)).ok()?;
     serde_json::from_str(&text).ok()
 }
 

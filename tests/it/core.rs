@@ -3,7 +3,7 @@
 use crate::util::{Sandbox, files_under, read_table, repo, segflow_in, summary};
 
 /// A pipeline over the tiny fixture, computing the shared purchase features.
-fn tiny_pipeline(sandbox: &Sandbox) -> std::path::PathBuf {
+pub fn tiny_pipeline(sandbox: &Sandbox) -> std::path::PathBuf {
     sandbox.write_tiny_transactions("data/transactions.parquet");
     let sql = std::fs::read_to_string(repo().join("sql/purchase_features.sql")).unwrap();
     sandbox.write("sql/purchase_features.sql", &sql);

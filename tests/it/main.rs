@@ -4,6 +4,7 @@
 mod churn;
 mod clean;
 mod report;
+mod schedule;
 mod core;
 mod segment;
 mod util;

@@ -116,7 +116,7 @@ fn every_run_writes_an_html_report_with_every_chart_and_it_can_be_rebuilt_byte_f
 
     let rebuilt = sandbox.segflow(&["report", "html", "out", "--run-date", "2025-02-01", "--output", "rebuilt.html"]);
     assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
-    assert!(std::fs::read_to_string(sandbox.path("rebuilt.html")).unwrap() == page, "rebuilt from evaluation.json and run.json, the page is the same");
+    assert!(std::fs::read_to_string(sandbox.path("rebuilt.html")).unwrap() == page, "rebuilt from evaluation.json and run_results.json, the page is the same");
     let latest = sandbox.segflow(&["report", "html", "out", "--output", "latest.html"]);
     assert_eq!(latest.code, 0, "{}", latest.stderr);
     assert!(std::fs::read_to_string(sandbox.path("latest.html")).unwrap() == page, "the latest run date by default");
