@@ -81,6 +81,13 @@ pub enum Command {
         /// Write tables here instead of the pipeline's `output_root`.
         #[arg(long)]
         output_root: Option<PathBuf>,
+        /// Run only these stages: `stage`, `stage+` (and downstream), `+stage` (and upstream).
+        /// Unselected upstream stages are read from their committed tables. Repeatable.
+        #[arg(long, value_delimiter = ',')]
+        select: Vec<String>,
+        /// Leave these stages out (same syntax). Repeatable.
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
         /// Also write the summary line (the last line of stdout) to this file — for
         /// KubernetesPodOperator, `/airflow/xcom/return.json`.
         #[arg(long)]
@@ -259,13 +266,19 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
                 .map_err(Error::Config)?;
             Ok(Some(crate::graph::dot(&plan).trim_end().to_string()))
         }
-        Command::Run { file, params, run_id, output_root, xcom_file, engine } => {
+        Command::Run { file, params, run_id, output_root, select, exclude, xcom_file, engine } => {
             let run_id = run_id.unwrap_or_else(new_run_id);
             check_run_id(&run_id)?;
             let engine_options = engine.options();
             let plan = plan::load_and_check(&file, &plan_options(&params, output_root), &engine_options)
                 .await
                 .map_err(Error::Config)?;
+            let mut plan = plan;
+            if !select.is_empty() || !exclude.is_empty() {
+                let run_date = plan.run_date().unwrap_or_default();
+                plan.reused = crate::select::apply(&mut plan, &select, &exclude, &run_date).map_err(Error::Usage)?;
+                tracing::info!(stages = %plan.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "), "selected");
+            }
             tracing::info!(pipeline = %plan.name, run_id = %run_id, output_root = %plan.output_root.display(), "run started");
             let summary = run::execute(&plan, &run_id, &engine_options).await?;
             tracing::info!(pipeline = %plan.name, run_id = %run_id, seconds = summary.seconds, tables = summary.tables.len(), "run succeeded");

@@ -19,6 +19,7 @@ pub use segflow_ml as ml;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod select;
 pub mod sink;
 pub mod stage;
 pub mod vars;

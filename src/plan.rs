@@ -44,6 +44,10 @@ pub struct Plan {
     /// In an order where every stage comes after its inputs (ties: file order).
     pub stages: Vec<PlannedStage>,
     pub outputs: Vec<PlannedOutput>,
+    /// Results of stages left out by `--select`/`--exclude`, read from their committed tables.
+    pub reused: Vec<crate::select::Reused>,
+    /// Whether the run writes `reports/` (not when only part of the pipeline runs).
+    pub write_reports: bool,
 }
 
 #[derive(Debug)]
@@ -344,7 +348,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
         (None, None) => crate::diag::normalize(&base_dir.join("output").join(&name)),
     };
     Prepared {
-        plan: Plan { file: shown.to_path_buf(), name, seed: raw.seed, output_root, vars, inputs, stages, outputs },
+        plan: Plan { file: shown.to_path_buf(), name, seed: raw.seed, output_root, vars, inputs, stages, outputs, reused: Vec::new(), write_reports: true },
         diagnostics: diags,
         broken,
     }

@@ -209,6 +209,13 @@ async fn execute_stages(
             .await
             .map_err(|e| RunError::Engine(format!("input `{}`: {}", input.name, engine::describe_datafusion_error(&e))))?;
     }
+    // Results of unselected stages, from their committed tables for this run date.
+    for reused in &plan.reused {
+        engine::register_parquet(&session, &reused.result, &engine::InputLocation::Folder(reused.path.clone()))
+            .await
+            .map_err(|e| RunError::Engine(format!("reading `{}` back from table `{}` ({}): {}", reused.result, reused.table, reused.path.display(), engine::describe_datafusion_error(&e))))?;
+        tracing::info!(result = %reused.result, table = %reused.table, "not selected: read from its committed table");
+    }
     let mut artifacts = Vec::new();
     let mut evaluation_parts: Vec<String> = Vec::new();
     for (index, planned) in plan.stages.iter().enumerate() {
@@ -261,7 +268,7 @@ async fn execute_stages(
     }
     // The reports reviewers diff and read: every run that evaluates a model or cleans data
     // writes them. No timings inside, so the same input and seed give the same bytes.
-    if !evaluation_parts.is_empty() || summaries.iter().any(|s| s.kind == "clean") {
+    if plan.write_reports && (!evaluation_parts.is_empty() || summaries.iter().any(|s| s.kind == "clean")) {
         let counts: Vec<report::html::StageCounts> = summaries.iter().map(|s| (s.name.clone(), s.kind.clone(), s.metrics.clone())).collect();
         let json = report::to_json(&metrics);
         // The pages are drawn from the JSON as written (rounded), so `segflow report html`

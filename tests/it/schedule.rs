@@ -161,3 +161,47 @@ fn runs_of_different_dates_proceed_in_parallel_and_the_same_date_twice_does_not(
     let winner = if a.code == 0 { "one" } else { "two" };
     assert_eq!(manifest["run_id"], winner, "the committed tables are the winner's, whole");
 }
+
+fn manifest_run_id(sandbox: &Sandbox, table: &str, date: &str) -> String {
+    let text = std::fs::read_to_string(sandbox.path(&format!("out/{table}/run_date={date}/_manifest.json"))).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["run_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn select_runs_part_of_the_pipeline_reading_what_it_skips_from_committed_tables() {
+    let sandbox = crate::churn::demo_sandbox(250);
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--output-root", "out"];
+        all.extend_from_slice(args);
+        crate::util::segflow_in(sandbox.root(), &all)
+    };
+    let full = run(&["--run-id", "full"]);
+    assert_eq!(full.code, 0, "{}", full.stderr);
+
+    // Only the segments: customer_features is read back, only the segment tables change.
+    let part = run(&["--run-id", "segments-only", "--select", "segments"]);
+    assert_eq!(part.code, 0, "{}", part.stderr);
+    assert!(part.stderr.contains("not selected: read from its committed table"), "{}", part.stderr);
+    assert_eq!(manifest_run_id(&sandbox, "customer_segments", "2025-01-01"), "segments-only");
+    for untouched in ["customer_features", "churn_scores", "evaluation", "reports"] {
+        assert_eq!(manifest_run_id(&sandbox, untouched, "2025-01-01"), "full", "{untouched} was replaced by a partial run");
+    }
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sandbox.path("out/_segflow/runs/segments-only/run_results.json")).unwrap()).unwrap();
+    let stages: Vec<&str> = record["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stages, vec!["segments"]);
+
+    // A stage whose input was never written as a table cannot run alone; the fix is named.
+    let alone = run(&["--select", "churn"]);
+    assert_eq!(alone.code, 2, "{}", alone.stderr);
+    assert!(alone.stderr.contains("stage `churn` reads `transactions` from stage `transactions`, which is not selected and not written as an output table") && alone.stderr.contains("`+churn`"), "{}", alone.stderr);
+    let typo = run(&["--select", "segmnts+"]);
+    assert_eq!(typo.code, 2);
+    assert!(typo.stderr.contains("`segmnts+` selects no stage") && typo.stderr.contains("did you mean `segments`?"), "{}", typo.stderr);
+
+    // Excluding the churn stage: everything else reruns; the evaluation is left whole.
+    let without = run(&["--run-id", "no-churn", "--exclude", "churn"]);
+    assert_eq!(without.code, 0, "{}", without.stderr);
+    assert_eq!(manifest_run_id(&sandbox, "customer_features", "2025-01-01"), "no-churn");
+    assert_eq!(manifest_run_id(&sandbox, "evaluation", "2025-01-01"), "full");
+    assert_eq!(manifest_run_id(&sandbox, "churn_scores", "2025-01-01"), "full");
+}
