@@ -95,6 +95,20 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Rerun the last run of a pipeline from its first failed stage: same run date and
+    /// variables; stages before it are read from their committed tables when this run date
+    /// has them, else the whole pipeline reruns.
+    Retry {
+        file: PathBuf,
+        /// The new run's id (default: a new one).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// The output root the failed run wrote to, if not the pipeline's.
+        #[arg(long)]
+        output_root: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Print the pipeline's DAG (inputs → stages → output tables) as Graphviz DOT.
     Graph {
         file: PathBuf,
@@ -259,6 +273,44 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
                 "pipeline is valid"
             );
             Ok(None)
+        }
+        Command::Retry { file, run_id, output_root, engine } => {
+            let run_id = run_id.unwrap_or_else(new_run_id);
+            check_run_id(&run_id)?;
+            let engine_options = engine.options();
+            // The output root first (the file's, or --output-root), to find the last run.
+            let probe = plan::load_and_check(&file, &plan_options(&RunParams { run_date: None, vars: Vec::new() }, output_root.clone()), &engine_options).await.map_err(Error::Config)?;
+            let last = run::last_run(&probe.output_root).map_err(Error::Usage)?.ok_or_else(|| Error::Usage(format!("no run of this pipeline under {}: nothing to retry", probe.output_root.display())))?;
+            let text = |k: &str| last.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            if text("status") != "failed" {
+                return Err(Error::Usage(format!("the last run ({}, run date {}) succeeded: nothing to retry", text("run_id"), text("run_date"))));
+            }
+            let failed = last
+                .get("stages")
+                .and_then(|s| s.as_array())
+                .and_then(|stages| stages.iter().find(|s| s.get("status").and_then(|v| v.as_str()) == Some("failed")))
+                .and_then(|s| s.get("name").and_then(|v| v.as_str()))
+                .map(str::to_string);
+            let run_date = crate::vars::parse_date(&text("run_date")).ok_or_else(|| Error::Usage(format!("the last run record has no usable run date: {:?}", text("run_date"))))?;
+            let vars: Vec<(String, String)> = last.get("vars").and_then(|v| v.as_object()).map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default();
+            let mut plan = plan::load_and_check(&file, &plan_options(&RunParams { run_date: Some(run_date), vars }, output_root), &engine_options).await.map_err(Error::Config)?;
+            let run_date_text = plan.run_date().unwrap_or_default();
+            match &failed {
+                Some(stage) => match crate::select::apply(&mut plan, &[format!("{stage}+")], &[], &run_date_text) {
+                    Ok(reused) => {
+                        tracing::info!(failed_run = %text("run_id"), from_stage = %stage, run_date = %run_date_text, "retrying from the failed stage");
+                        plan.reused = reused;
+                    }
+                    Err(why) => {
+                        tracing::info!(failed_run = %text("run_id"), run_date = %run_date_text, reason = %why, "retrying the whole pipeline: what comes before the failed stage is not committed for this run date");
+                        plan = plan::load_and_check(&file, &plan_options(&RunParams { run_date: Some(run_date), vars: last.get("vars").and_then(|v| v.as_object()).map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default() }, Some(probe.output_root.clone())), &engine_options).await.map_err(Error::Config)?;
+                    }
+                },
+                None => tracing::info!(failed_run = %text("run_id"), run_date = %run_date_text, "the failed run failed outside a stage: retrying the whole pipeline"),
+            }
+            let summary = run::execute(&plan, &run_id, &engine_options).await?;
+            tracing::info!(pipeline = %plan.name, run_id = %run_id, seconds = summary.seconds, "retry succeeded");
+            Ok(Some(serde_json::json!({"pipeline": summary.pipeline, "run_id": summary.run_id, "run_date": summary.run_date, "status": summary.status, "retry_of": text("run_id"), "stages": summary.selected}).to_string()))
         }
         Command::Graph { file, params } => {
             let plan = plan::load_and_check(&file, &plan_options(&params, None), &EngineOptions::default())

@@ -28,6 +28,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionContext};
 
+/// The schema's version, recorded in the table's manifests. 2: `previous_segment` added.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// The table name the run offers: the union of every stage's `<stage>_evaluation`.
 pub const EVALUATION: &str = "evaluation";
 /// The secondary result a stage names to contribute to it.

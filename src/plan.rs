@@ -328,13 +328,14 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             );
             continue;
         }
+        let default_version = if from.0 == evaluation::EVALUATION { evaluation::SCHEMA_VERSION } else { 1 };
         outputs.push(PlannedOutput {
             table: table.value.clone(),
             pos: table.pos,
             from: from.0,
             partition_by: output.spec.partition_by,
             sort_by: output.spec.sort_by.clone(),
-            schema_version: output.spec.schema_version,
+            schema_version: output.spec.schema_version.unwrap_or(default_version),
         });
     }
     if raw.outputs.is_empty() && !raw.stages.is_empty() {

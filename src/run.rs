@@ -52,6 +52,12 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub started_at: String,
     pub ended_at: String,
+    /// The pipeline file, and every variable's value (run_date aside), so `segflow retry`
+    /// can run the same thing again.
+    pub pipeline_file: String,
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// The stages this run ran (all of them unless `--select`/`--exclude` narrowed it).
+    pub selected: Vec<String>,
     pub output_root: String,
     pub stages: Vec<StageSummary>,
     pub tables: Vec<TableSummary>,
@@ -174,6 +180,9 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
         error: error.as_ref().map(|e| e.to_string()),
         started_at,
         ended_at: now(),
+        pipeline_file: std::path::absolute(&plan.file).unwrap_or_else(|_| plan.file.clone()).display().to_string(),
+        vars: plan.vars.iter().filter(|(k, _)| k.as_str() != RUN_DATE).map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        selected: plan.stages.iter().map(|s| s.name.clone()).collect(),
         output_root: plan.output_root.display().to_string(),
         stages,
         tables,
@@ -383,4 +392,21 @@ fn write_run_record(plan: &Plan, run_id: &str, summary: &RunSummary) -> Result<(
     let path = dir.join(RESULTS_FILE);
     let text = serde_json::to_string_pretty(summary).map_err(|e| RunError::Engine(e.to_string()))?;
     std::fs::write(&path, text).map_err(|source| RunError::Io { action: "write", path, source })
+}
+
+/// The latest run record under an output root (by when it ended), if any.
+pub fn last_run(output_root: &std::path::Path) -> Result<Option<serde_json::Value>, String> {
+    let runs = output_root.join(sink::SEGFLOW_DIR).join("runs");
+    let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(None) };
+    let mut latest: Option<(String, serde_json::Value)> = None;
+    for entry in entries.flatten() {
+        let path = entry.path().join(RESULTS_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let record: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ended = record.get("ended_at").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        if latest.as_ref().is_none_or(|(t, _)| ended > *t) {
+            latest = Some((ended, record));
+        }
+    }
+    Ok(latest.map(|(_, r)| r))
 }

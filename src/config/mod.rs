@@ -129,13 +129,10 @@ pub struct OutputSpec {
     #[serde(default)]
     pub sort_by: Vec<At<String>>,
     /// The version of this table's schema, recorded in every `_manifest.json`. Bump it when
-    /// the columns change, so readers can tell.
-    #[serde(default = "default_schema_version")]
-    pub schema_version: u32,
-}
-
-fn default_schema_version() -> u32 {
-    1
+    /// the columns change, so readers can tell. Default: 1, or segflow's own version for the
+    /// tables whose schema segflow defines (`evaluation`).
+    #[serde(default)]
+    pub schema_version: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -110,6 +110,9 @@ fn every_run_writes_an_html_report_with_every_chart_and_it_can_be_rebuilt_byte_f
         let outside_svg_namespace = page.replace("http://www.w3.org/2000/svg", "");
         assert!(!outside_svg_namespace.contains(banned), "the report contains {banned}");
     }
+    // The evaluation table's schema gained `previous_segment`: its manifests say version 2.
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sandbox.path("out/evaluation/run_date=2025-02-01/_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["schema_version"], 2);
     // The first run had no previous model: no migration chart, a note instead.
     let first = std::fs::read_to_string(sandbox.path("out/reports/run_date=2025-01-01/report.html")).unwrap();
     assert!(!first.contains("id=\"migration-segments\"") && first.contains("No migration"));

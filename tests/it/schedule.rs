@@ -205,3 +205,39 @@ fn select_runs_part_of_the_pipeline_reading_what_it_skips_from_committed_tables(
     assert_eq!(manifest_run_id(&sandbox, "evaluation", "2025-01-01"), "full");
     assert_eq!(manifest_run_id(&sandbox, "churn_scores", "2025-01-01"), "full");
 }
+
+#[test]
+fn retry_reruns_the_last_failed_run_from_its_failed_stage() {
+    let sandbox = Sandbox::new();
+    crate::core::tiny_pipeline(&sandbox);
+    let text = std::fs::read_to_string(sandbox.path("pipeline.yaml")).unwrap();
+    let text = text
+        .replace("inputs:\n  transactions:", "inputs:\n  extra:\n    path: data/extra.parquet\n  transactions:")
+        .replace(
+            "outputs:",
+            "  - name: scored\n    kind: sql\n    inputs: [purchase_features, extra]\n    query: SELECT p.customer_id, CAST(e.v AS INT) AS v FROM purchase_features p JOIN extra e ON e.customer_id = p.customer_id\noutputs:\n  scored: {}",
+        );
+    sandbox.write("pipeline.yaml", &text);
+    let extra = |v: &str| crate::util::write_parquet(&sandbox.path("data/extra.parquet"), vec![crate::util::Col::Int("customer_id", vec![Some(1), Some(2)]), crate::util::Col::Str("v", vec![Some("5"), Some(v)])]);
+    let args = ["run", "pipeline.yaml", "--run-date", "2024-02-01"];
+
+    extra("6");
+    assert_eq!(run(&sandbox, &[&args[..], &["--run-id", "good"]].concat(), &[]).code, 0);
+    extra("not a number");
+    let failed = run(&sandbox, &[&args[..], &["--run-id", "bad"]].concat(), &[]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+
+    extra("7");
+    let retried = run(&sandbox, &["retry", "pipeline.yaml", "--run-id", "again"], &[]);
+    assert_eq!(retried.code, 0, "{}", retried.stderr);
+    let line = summary(&retried);
+    assert_eq!(line["retry_of"], "bad");
+    assert_eq!(line["stages"], serde_json::json!(["scored"]), "only the failed stage and what follows it");
+    let manifest = |table: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(sandbox.path(&format!("out/{table}/run_date=2024-02-01/_manifest.json"))).unwrap()).unwrap() };
+    assert_eq!(manifest("scored")["run_id"], "again");
+    assert_eq!(manifest("purchase_features")["run_id"], "good", "upstream was read back, not recomputed");
+
+    let nothing = run(&sandbox, &["retry", "pipeline.yaml"], &[]);
+    assert_eq!(nothing.code, 2);
+    assert!(nothing.stderr.contains("succeeded: nothing to retry"), "{}", nothing.stderr);
+}
