@@ -17,6 +17,7 @@ pub mod lock;
 /// The model kernels, from their own crate (crates/segflow-ml).
 pub use segflow_ml as ml;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod select;

@@ -71,10 +71,14 @@ fn init_logging(format: LogFormat, verbose: u8) {
     // Our own messages at `level`; the engine's only when they are warnings.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEGFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,segflow={level}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| segflow::progress::LogWriter).with_target(false);
+    let terminal = std::io::stderr().is_terminal();
     match format {
         LogFormat::Json => builder.json().init(),
-        // Colour only on a terminal: an Airflow task log gets plain lines.
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Colour and a progress bar only on a terminal: an Airflow task log gets plain lines.
+        LogFormat::Text => {
+            segflow::progress::enable(terminal);
+            builder.with_ansi(terminal).init()
+        }
     }
 }

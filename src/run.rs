@@ -121,7 +121,9 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
         .iter()
         .map(|s| StageSummary { name: s.name.clone(), kind: s.kind.to_string(), status: "skipped", started_at: None, ended_at: None, seconds: 0.0, metrics: StageMetrics::new(), data_tests: Default::default(), outputs: Vec::new() })
         .collect();
+    crate::progress::begin(plan.stages.len() as u64 + 1);
     let result = execute_stages(plan, run_id, &run_date, engine_options, &mut stages).await;
+    crate::progress::end();
     let outcome = match result {
         Ok(staged) => {
             let mut tables = Vec::new();
@@ -230,6 +232,7 @@ async fn execute_stages(
     for (index, planned) in plan.stages.iter().enumerate() {
         let started = Instant::now();
         summaries[index].started_at = Some(now());
+        crate::progress::step(&format!("stage {} ({})", planned.name, planned.kind));
         tracing::info!(stage = %planned.name, kind = planned.kind, "stage started");
         let ctx = StageContext {
             session: &session,
@@ -267,7 +270,9 @@ async fn execute_stages(
         summary.seconds = seconds;
         summary.data_tests = output.metrics.iter().filter_map(|(k, v)| k.strip_prefix("test:").map(|t| (t.to_string(), *v))).collect();
         summary.metrics = output.metrics;
+        crate::progress::advance();
     }
+    crate::progress::step("writing tables");
     let mut metrics = Vec::new();
     if !evaluation_parts.is_empty() {
         let frame = evaluation::union(&session, &evaluation_parts).await.map_err(|e| RunError::Engine(engine::describe_datafusion_error(&e)))?;

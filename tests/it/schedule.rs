@@ -241,3 +241,22 @@ fn retry_reruns_the_last_failed_run_from_its_failed_stage() {
     assert_eq!(nothing.code, 2);
     assert!(nothing.stderr.contains("succeeded: nothing to retry"), "{}", nothing.stderr);
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar_and_a_task_log_gets_plain_lines() {
+    let sandbox = crate::churn::demo_sandbox(150);
+    // Off a terminal (an Airflow task log, a pipe): no control codes at all.
+    let plain = crate::util::segflow_in(sandbox.root(), &["run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--output-root", "out"]);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert!(!plain.stderr.contains('\x1b') && !plain.stderr.contains('\r'), "control codes in a task log");
+    assert!(plain.stderr.lines().all(|l| l.contains(" INFO ") || l.contains(" WARN ")), "every line is a log line:\n{}", plain.stderr);
+
+    // On a terminal (a pseudo-terminal from `script`): the bar names the running stage, and
+    // the log lines are still all there.
+    let command = format!("{} run pipelines/demo.yaml --run-date 2025-01-02 --output-root out", env!("CARGO_BIN_EXE_segflow"));
+    let status = Command::new("script").args(["-qfc", &command, "terminal.log"]).current_dir(sandbox.root()).stdout(Stdio::null()).status().expect("script(1) runs");
+    assert!(status.success());
+    let seen = String::from_utf8_lossy(&std::fs::read(sandbox.path("terminal.log")).unwrap()).into_owned();
+    assert!(seen.contains("stage churn (churn)"), "no progress bar on a terminal:\n{seen}");
+    assert!(seen.contains("run succeeded"), "log lines lost under the bar:\n{seen}");
+}
