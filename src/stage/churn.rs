@@ -64,7 +64,7 @@ use segflow_ml::metrics::{self, ThresholdPolicy};
 use segflow_ml::prep::{FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
 use segflow_ml::split::{self, Split};
 
-use super::features::{FeatureData, feature_columns, read_features, text_views};
+use super::features::{FeatureData, feature_columns, is_categorical_type, is_numeric_type, read_features, text_views, type_in_words};
 use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, Value, did_you_mean, from_node, quoted_list};
 use crate::evaluation::{EvaluationRows, Keys};
@@ -589,26 +589,6 @@ impl StageKind for ChurnKind {
         }
         Ok(Box::new(ChurnStage { table, score, segments, id: params.id, label, features, split, cv_folds, forest, tree, threshold, explain, permutation_repeats }))
     }
-}
-
-fn type_in_words(t: &DataType) -> String {
-    match t {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_string(),
-        DataType::Boolean => "a boolean".to_string(),
-        DataType::Date32 | DataType::Date64 => "a date".to_string(),
-        DataType::Timestamp(..) => "a timestamp".to_string(),
-        t if t.is_integer() => format!("an integer ({t})"),
-        t if t.is_floating() => format!("a float ({t})"),
-        other => other.to_string(),
-    }
-}
-
-fn is_numeric_type(t: &DataType) -> bool {
-    t.is_numeric() || matches!(t, DataType::Boolean)
-}
-
-fn is_categorical_type(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Dictionary(..)) || t.is_integer()
 }
 
 fn is_time_type(t: &DataType) -> bool {

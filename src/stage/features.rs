@@ -134,3 +134,26 @@ pub fn feature_columns<'a>(data: &'a FeatureData, text: &'a BTreeMap<&'a str, Ve
         })
         .collect()
 }
+
+/// A column type as a person would say it.
+pub fn type_in_words(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_string(),
+        DataType::Boolean => "a boolean".to_string(),
+        DataType::Date32 | DataType::Date64 => "a date".to_string(),
+        DataType::Timestamp(..) => "a timestamp".to_string(),
+        t if t.is_integer() => format!("an integer ({t})"),
+        t if t.is_floating() => format!("a float ({t})"),
+        other => other.to_string(),
+    }
+}
+
+/// A column a numeric feature can read (booleans count as 0/1).
+pub fn is_numeric_type(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean)
+}
+
+/// A column a one-hot feature can read.
+pub fn is_categorical_type(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Dictionary(..)) || t.is_integer()
+}

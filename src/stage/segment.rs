@@ -61,7 +61,7 @@ use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailur
 use crate::config::yaml::{At, Node, OrderedMap, did_you_mean, from_node, quoted_list};
 use crate::evaluation::{EvaluationRows, Keys};
 use model::{PreviousRun, SegmentRecord};
-use super::features::{feature_columns, read_features, text_views};
+use super::features::{feature_columns, is_categorical_type, is_numeric_type, read_features, text_views, type_in_words};
 use profile::{RankBy, SegmentProfile};
 
 pub struct SegmentKind;
@@ -343,27 +343,6 @@ impl StageKind for SegmentKind {
             label_threshold,
         }))
     }
-}
-
-/// A column type as a person would say it.
-fn type_in_words(t: &DataType) -> String {
-    match t {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".to_string(),
-        DataType::Boolean => "a boolean".to_string(),
-        DataType::Date32 | DataType::Date64 => "a date".to_string(),
-        DataType::Timestamp(..) => "a timestamp".to_string(),
-        t if t.is_integer() => format!("an integer ({t})"),
-        t if t.is_floating() => format!("a float ({t})"),
-        other => other.to_string(),
-    }
-}
-
-fn is_numeric_type(t: &DataType) -> bool {
-    t.is_numeric() || matches!(t, DataType::Boolean)
-}
-
-fn is_categorical_type(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Dictionary(..)) || t.is_integer()
 }
 
 #[async_trait]
