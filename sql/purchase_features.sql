@@ -6,6 +6,10 @@
 -- where an invoice starting with 'C' is a cancellation. Only rows before ${as_of} count, so
 -- a feature never sees the future. Every customer with at least one row appears, including
 -- customers whose only invoices were cancelled (frequency 0).
+--
+-- Sums and means of money and of time gaps are taken in DECIMAL (each value rounded to 1e-6
+-- once, then added exactly): a sum of doubles depends on the order the engine's partitions
+-- deliver them in, and the same input must give the same bytes whatever the thread count.
 WITH lines AS (
     SELECT
         customer_id,
@@ -14,7 +18,7 @@ WITH lines AS (
         category,
         quantity,
         unit_price,
-        quantity * unit_price AS amount,
+        CAST(quantity * unit_price AS DECIMAL(38, 6)) AS amount,
         starts_with(invoice, 'C') AS is_cancellation
     FROM transactions
     WHERE customer_id IS NOT NULL
@@ -53,9 +57,9 @@ purchase_stats AS (
         AVG(p.order_value) AS avg_basket_value,
         AVG(p.units) AS avg_basket_units,
         MAX(p.ordered_at) AS last_purchase_at,
-        AVG((date_part('epoch', p.ordered_at) - date_part('epoch', p.previous_order_at)) / 86400.0) AS avg_days_between_orders,
+        AVG(CAST((date_part('epoch', p.ordered_at) - date_part('epoch', p.previous_order_at)) / 86400.0 AS DECIMAL(38, 6))) AS avg_days_between_orders,
         SUM(CASE WHEN date_part('epoch', p.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN 1 ELSE 0 END) AS orders_last_90d,
-        SUM(CASE WHEN date_part('epoch', p.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN p.order_value ELSE 0 END) AS monetary_last_90d,
+        SUM(CASE WHEN date_part('epoch', p.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN p.order_value ELSE CAST(0 AS DECIMAL(38, 6)) END) AS monetary_last_90d,
         COUNT(DISTINCT date_trunc('month', p.ordered_at)) AS active_months
     FROM purchases p CROSS JOIN as_of a
     GROUP BY p.customer_id
@@ -88,19 +92,19 @@ SELECT
     s.customer_id,
     (a.epoch_seconds - date_part('epoch', COALESCE(p.last_purchase_at, s.last_seen_at))) / 86400.0 AS recency_days,
     COALESCE(p.frequency, 0) AS frequency,
-    COALESCE(p.monetary, 0.0) AS monetary,
-    COALESCE(p.avg_basket_value, 0.0) AS avg_basket_value,
+    CAST(COALESCE(p.monetary, 0) AS DOUBLE) AS monetary,
+    CAST(COALESCE(p.avg_basket_value, 0) AS DOUBLE) AS avg_basket_value,
     COALESCE(p.avg_basket_units, 0.0) AS avg_basket_units,
     (a.epoch_seconds - date_part('epoch', s.first_seen_at)) / 86400.0 AS tenure_days,
     -- A customer with one purchase has no gap yet: the time since that purchase is a lower
     -- bound on it, and keeps the column free of nulls.
-    COALESCE(p.avg_days_between_orders, (a.epoch_seconds - date_part('epoch', COALESCE(p.last_purchase_at, s.last_seen_at))) / 86400.0) AS days_between_orders,
+    COALESCE(CAST(p.avg_days_between_orders AS DOUBLE), (a.epoch_seconds - date_part('epoch', COALESCE(p.last_purchase_at, s.last_seen_at))) / 86400.0) AS days_between_orders,
     COALESCE(p.orders_last_90d, 0) AS orders_last_90d,
-    COALESCE(p.monetary_last_90d, 0.0) AS monetary_last_90d,
+    CAST(COALESCE(p.monetary_last_90d, 0) AS DOUBLE) AS monetary_last_90d,
     COALESCE(p.active_months, 0) AS active_months,
     CAST(s.cancelled_invoices AS DOUBLE) / s.invoices AS cancellation_rate,
     COALESCE(m.distinct_categories, 0) AS distinct_categories,
-    COALESCE(m.top_category_share, 0.0) AS top_category_share
+    CAST(COALESCE(m.top_category_share, 0) AS DOUBLE) AS top_category_share
 FROM customer_span s
 CROSS JOIN as_of a
 LEFT JOIN purchase_stats p ON p.customer_id = s.customer_id
