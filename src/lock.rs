@@ -43,6 +43,8 @@ pub enum LockError {
 pub struct RunLock {
     path: PathBuf,
     run_id: String,
+    /// The dead run whose lock this one took over: its staged files are to be removed.
+    pub taken_over: Option<Holder>,
 }
 
 pub fn host_name() -> String {
@@ -74,10 +76,11 @@ impl RunLock {
         file.write_all(&text).and_then(|_| file.sync_all()).map_err(io)?;
         drop(file);
         let result = (|| {
+            let mut taken_over = None;
             // Two attempts: the second after taking over a lock left by a dead process.
             for _ in 0..2 {
                 match std::fs::hard_link(&mine, &path) {
-                    Ok(()) => return Ok(RunLock { path: path.clone(), run_id: run_id.to_string() }),
+                    Ok(()) => return Ok(RunLock { path: path.clone(), run_id: run_id.to_string(), taken_over }),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         let holder: Holder = std::fs::read(&path)
                             .ok()
@@ -96,6 +99,7 @@ impl RunLock {
                             "run date {run_date} was locked by a run whose process is gone (killed?); taking the lock over"
                         );
                         let _ = std::fs::remove_file(&path);
+                        taken_over = Some(holder);
                     }
                     Err(e) => return Err(io(e)),
                 }

@@ -114,7 +114,17 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
         return Err(RunError::Engine("internal: run_date is not set".to_string()));
     };
     // Held until this function returns, whatever happens: one run per run date.
-    let _lock = crate::lock::RunLock::acquire(&plan.output_root, &run_date, run_id)?;
+    let lock = crate::lock::RunLock::acquire(&plan.output_root, &run_date, run_id)?;
+    // A killed run leaves its staged files behind; the run that takes over its lock clears them.
+    if let Some(dead) = &lock.taken_over {
+        let leftover = sink::staging_root(&plan.output_root, &dead.run_id);
+        if leftover.exists() {
+            match std::fs::remove_dir_all(&leftover) {
+                Ok(()) => tracing::info!(run_id = %dead.run_id, path = %leftover.display(), "removed the killed run's staged files"),
+                Err(e) => tracing::warn!(run_id = %dead.run_id, path = %leftover.display(), error = %e, "could not remove the killed run's staged files"),
+            }
+        }
+    }
     let staging = sink::staging_root(&plan.output_root, run_id);
     let mut stages: Vec<StageSummary> = plan
         .stages

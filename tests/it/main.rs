@@ -6,6 +6,7 @@ mod clean;
 mod report;
 mod schedule;
 mod core;
+mod guarantees;
 mod segment;
 mod util;
 mod validate;
