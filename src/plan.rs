@@ -318,7 +318,9 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
         // A stage that failed to build has no results to list: its own problems are reported,
         // and an output of one of its results would only repeat them.
         let from_broken_stage = broken.iter().any(|b| from.0 == *b || from.0.starts_with(&format!("{b}_"))) || (from.0 == evaluation::EVALUATION && !broken.is_empty());
-        if !result_names.contains(&from.0) && from_broken_stage {
+        // A stage without a name could be the one meant: its problem is reported already.
+        let nameless_stage = raw.stages.iter().any(|s| s.name.is_none());
+        if !result_names.contains(&from.0) && (from_broken_stage || nameless_stage) {
             continue;
         }
         if !result_names.contains(&from.0) {
@@ -338,7 +340,7 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
             schema_version: output.spec.schema_version.unwrap_or(default_version),
         });
     }
-    if raw.outputs.is_empty() && !raw.stages.is_empty() {
+    if !raw.outputs_declared && !raw.stages.is_empty() {
         diags.push(problem(None, "the pipeline writes nothing: add an `outputs` section naming the tables to write".to_string()));
     }
 

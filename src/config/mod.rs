@@ -50,6 +50,8 @@ pub struct RawPipeline {
     pub inputs: Vec<RawInput>,
     pub stages: Vec<RawStage>,
     pub outputs: Vec<RawOutput>,
+    /// Whether the file has an `outputs` section at all (its entries may not all have parsed).
+    pub outputs_declared: bool,
 }
 
 impl RawPipeline {
@@ -170,6 +172,7 @@ pub fn load_str(text: &str, file: &Path, shown: &Path) -> Result<(RawPipeline, D
         inputs: Vec::new(),
         stages: Vec::new(),
         outputs: Vec::new(),
+        outputs_declared: false,
     };
     let Some(entries) = root.as_map() else {
         return Err(Diagnostic::new(
@@ -234,7 +237,10 @@ pub fn load_str(text: &str, file: &Path, shown: &Path) -> Result<(RawPipeline, D
                     format!("`stages` is a list of stages (`- name: …`), found {}", value.kind_name()),
                 )),
             },
-            "outputs" => match mapping_entries(value, "outputs", "a table name") {
+            "outputs" => match {
+                pipeline.outputs_declared = true;
+                mapping_entries(value, "outputs", "a table name")
+            } {
                 Ok(outputs) => {
                     for (table, spec) in outputs {
                         let parsed = if spec.value == Value::Null { Ok(OutputSpec::default()) } else { from_node::<OutputSpec>(&spec) };

@@ -55,6 +55,26 @@ pub enum SinkError {
     Compute { table: String, message: String },
     #[error("cannot commit table `{table}`: {path} exists and is not a folder")]
     NotAFolder { table: String, path: PathBuf },
+    #[error("refusing to write table `{table}`: {path} leads to {target}, outside the output root {root}; a table folder must stay under the output root (remove the link)")]
+    Escapes { table: String, path: PathBuf, target: PathBuf, root: PathBuf },
+}
+
+/// Refuses a table whose folder (or partition folder) resolves outside the output root: a
+/// symbolic link planted there would otherwise receive the run's files, or have a folder
+/// outside replaced by the swap.
+fn confined(target: &TableTarget) -> Result<(), SinkError> {
+    let Ok(root) = target.root.canonicalize() else { return Ok(()) };
+    let table_dir = target.root.join(&target.table);
+    for path in [Some(table_dir.clone()), target.partition.as_ref().map(|p| table_dir.join(p))].into_iter().flatten() {
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        let resolved = path.canonicalize().unwrap_or_else(|_| path.clone());
+        if !resolved.starts_with(&root) {
+            return Err(SinkError::Escapes { table: target.table.clone(), path, target: resolved, root: root.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// What `_manifest.json` records about one committed partition.
@@ -145,6 +165,7 @@ pub struct StagedTable {
 
 /// Step 1: runs `frame` and writes its rows to the staging folder with a manifest.
 pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable, SinkError> {
+    confined(&target)?;
     let staging_dir = empty_staging_dir(&target)?;
 
     let schema: SchemaRef = frame.schema().inner().clone();
@@ -169,6 +190,7 @@ pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable,
 /// Step 1 for a folder of files that is not a table (a saved model): writes `files` (name,
 /// content) to the staging folder with a manifest, to be committed like a table partition.
 pub fn stage_files(target: TableTarget, files: &[(String, Vec<u8>)]) -> Result<StagedTable, SinkError> {
+    confined(&target)?;
     let staging_dir = empty_staging_dir(&target)?;
     let mut written = Vec::new();
     for (name, bytes) in files {

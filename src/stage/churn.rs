@@ -571,10 +571,15 @@ impl StageKind for ChurnKind {
                 }
             },
         };
-        let explain = params.explain.as_ref().map(|e| e.value).unwrap_or(3);
-        if explain > features.len().max(1) {
-            problems.push(StageProblem::at(params.explain.as_ref().map(|e| e.pos).unwrap_or(node.pos), format!("`explain` names up to as many features as the model has ({})", features.len())));
-        }
+        // Three reasons by default, fewer when the model has fewer features.
+        let explain = match &params.explain {
+            Some(e) if e.value > features.len().max(1) => {
+                problems.push(StageProblem::at(e.pos, format!("`explain` names up to as many features as the model has ({})", features.len())));
+                e.value
+            }
+            Some(e) => e.value,
+            None => 3.min(features.len().max(1)),
+        };
         let permutation_repeats = match params.permutation_repeats {
             Some(At { value: 0, pos }) => {
                 problems.push(StageProblem::at(pos, "`permutation_repeats` must be at least 1"));

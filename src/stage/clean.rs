@@ -314,6 +314,8 @@ struct CleanStage {
     input: String,
     columns: Vec<Column>,
     rules: Vec<(String, String)>,
+    /// Where each rule is declared, to point at the one that does not plan.
+    rule_positions: Vec<crate::config::yaml::Pos>,
     dedup: Option<DedupSpec>,
     pii_key_env: Option<String>,
     tests: Vec<(DataTest, Threshold)>,
@@ -351,7 +353,9 @@ impl StageKind for CleanKind {
             }
             columns.push(Column { name: name.value.clone(), data_type, nulls: spec.nulls.clone(), pii: spec.pii });
         }
-        let rules: Vec<(String, String)> = params.rules.map(|r| r.0).unwrap_or_default().into_iter().map(|(k, v)| (k.value, v.value)).collect();
+        let declared_rules = params.rules.map(|r| r.0).unwrap_or_default();
+        let rule_positions: Vec<crate::config::yaml::Pos> = declared_rules.iter().map(|(k, _)| k.pos).collect();
+        let rules: Vec<(String, String)> = declared_rules.into_iter().map(|(k, v)| (k.value, v.value)).collect();
         if let Some(dedup) = &params.dedup {
             if !dedup.key.is_empty() && dedup.order_by.is_none() {
                 problems.push(StageProblem { file: None, pos: dedup.key.first().map(|k| k.pos), message: "dedup by `key` needs `order_by`: the column that decides which row is the latest".to_string(), suggestion: None });
@@ -377,6 +381,7 @@ impl StageKind for CleanKind {
             input: ctx.inputs.first().cloned().unwrap_or_default(),
             columns,
             rules,
+            rule_positions,
             dedup: params.dedup,
             pii_key_env: params.pii_key_env.map(|k| k.value),
             tests,
@@ -587,6 +592,26 @@ async fn count(session: &SessionContext, sql: &str) -> Result<i64, StageFailure>
     }
 }
 
+impl CleanStage {
+    /// The first rule that does not plan on its own against the input, as a problem at its
+    /// line: which rule, and which column it names that does not exist.
+    async fn rule_problem(&self, ctx: &StageContext<'_>, names: &[String]) -> Option<StageProblem> {
+        for ((rule, predicate), pos) in self.rules.iter().zip(&self.rule_positions) {
+            let sql = format!("SELECT 1 FROM {} WHERE {predicate}", quote_ident(&self.input));
+            let Err(e) = ctx.session.sql(&sql).await else { continue };
+            let (message, suggestion) = match crate::stage::sql::unknown_column(&e) {
+                Some((column, _)) => (
+                    format!("rule `{rule}` uses `{column}`, which is not a column of `{}`; its columns are: {}", self.input, quoted_list(names.iter().map(String::as_str))),
+                    crate::config::yaml::did_you_mean(&column, names.iter().map(String::as_str)),
+                ),
+                None => (format!("rule `{rule}` (`{predicate}`): {}", describe_datafusion_error(&e)), None),
+            };
+            return Some(StageProblem { file: None, pos: Some(*pos), message, suggestion });
+        }
+        None
+    }
+}
+
 #[async_trait]
 impl Stage for CleanStage {
     fn secondary_results(&self) -> &'static [&'static str] {
@@ -640,7 +665,10 @@ impl Stage for CleanStage {
             ctx.session.register_udf(hmac_udf(Vec::new()));
         }
         let classified_sql = self.classify_sql(&names, &fills).replace("{input}", &quote_ident(&self.input));
-        let classified = ctx.session.sql(&classified_sql).await.map_err(|e| problem(format!("in the rules: {}", describe_datafusion_error(&e))))?;
+        let classified = match ctx.session.sql(&classified_sql).await {
+            Ok(classified) => classified,
+            Err(e) => return Err(vec![self.rule_problem(ctx, &names).await.unwrap_or_else(|| StageProblem { file: None, pos: None, message: format!("in the rules: {}", describe_datafusion_error(&e)), suggestion: None })]),
+        };
         let classified_name = self.table(ctx, "classified");
         ctx.session.register_table(classified_name.as_str(), classified.into_view()).map_err(|e| problem(e.to_string()))?;
         let (clean, rejects) = self.lazy_outputs(ctx, &names, &quote_ident(&classified_name)).await.map_err(|e| problem(e.message))?;

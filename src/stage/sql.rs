@@ -305,7 +305,7 @@ fn syntax_error(message: &str) -> Option<(String, u32, u32)> {
 }
 
 /// The column DataFusion could not find, and the unqualified names it could have been.
-fn unknown_column(err: &DataFusionError) -> Option<(String, Vec<String>)> {
+pub(crate) fn unknown_column(err: &DataFusionError) -> Option<(String, Vec<String>)> {
     use datafusion::common::SchemaError;
     match err.find_root() {
         DataFusionError::SchemaError(schema_error, _) => match schema_error.as_ref() {

@@ -265,12 +265,13 @@ fn churn_stage_mistakes_are_reported_with_their_place() {
 /// Copies a Parquet file through a SQL query over it (registered as `name`).
 pub fn copy_with_sql(from: &Path, to: &Path, name: &str, sql: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let batches: Vec<RecordBatch> = runtime.block_on(async {
+    let (schema, batches): (datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>) = runtime.block_on(async {
         let ctx = SessionContext::new();
         ctx.register_parquet(name, from.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
-        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+        let frame = ctx.sql(sql).await.unwrap();
+        let schema = frame.schema().inner().clone();
+        (schema, frame.collect().await.unwrap())
     });
-    let schema = batches[0].schema();
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     let mut writer = ArrowWriter::try_new(std::fs::File::create(to).unwrap(), Arc::clone(&schema), None).unwrap();
     for batch in &batches {

@@ -112,7 +112,8 @@ impl ChurnModel {
     pub fn load(path: &Path) -> Result<ChurnModel, String> {
         let file = if path.is_dir() { path.join(MODEL_FILE) } else { path.to_path_buf() };
         let shown = file.display();
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read the churn model {shown}: {e}"))?;
+        let bytes = std::fs::read(&file).map_err(|e| format!("cannot read the churn model {shown}: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("{shown}: not a churn model (a binary file, not the model's JSON)"))?;
         // The format is checked before the rest, so a file of another kind is named as such.
         let header: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{shown}: not a JSON model file: {e}"))?;
         let format = header.get("format").and_then(|f| f.as_str()).unwrap_or("");
