@@ -190,6 +190,11 @@ pub struct EngineArgs {
     /// Folder for spill files (default: the system temporary folder).
     #[arg(long)]
     pub spill_dir: Option<PathBuf>,
+    /// Where the queries run: `local` (default), `ballista-standalone` (a Ballista scheduler
+    /// and executor in this process), or a Ballista scheduler `df://host:port`.
+    /// Default: the pipeline's `engine:`, else `local`.
+    #[arg(long)]
+    pub engine: Option<crate::engine::Engine>,
 }
 
 impl EngineArgs {
@@ -202,6 +207,7 @@ impl EngineArgs {
             options.memory_limit = limit;
         }
         options.spill_dir = self.spill_dir.clone();
+        options.engine = self.engine.clone().unwrap_or_default();
         options
     }
 }
@@ -326,6 +332,11 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
                 .await
                 .map_err(Error::Config)?;
             let mut plan = plan;
+            let mut engine_options = engine_options;
+            if engine.engine.is_none() {
+                engine_options.engine = plan.engine.clone().unwrap_or_default();
+            }
+            crate::engine::check_inputs_reachable(&engine_options.engine, plan.inputs.iter().map(|i| (i.name.as_str(), &i.location))).map_err(Error::Usage)?;
             if !select.is_empty() || !exclude.is_empty() {
                 let run_date = plan.run_date().unwrap_or_default();
                 plan.reused = crate::select::apply(&mut plan, &select, &exclude, &run_date).map_err(Error::Usage)?;

@@ -167,8 +167,11 @@ impl EvaluationRows {
 
 /// The run's `evaluation` table: the union of the named `<stage>_evaluation` tables.
 pub async fn union(session: &SessionContext, parts: &[String]) -> Result<DataFrame, DataFusionError> {
-    let mut frame = session.read_batch(RecordBatch::new_empty(schema()))?;
-    for part in parts {
+    let Some((first, rest)) = parts.split_first() else {
+        return session.read_batch(RecordBatch::new_empty(schema()));
+    };
+    let mut frame = session.table(first.as_str()).await?;
+    for part in rest {
         frame = frame.union(session.table(part.as_str()).await?)?;
     }
     Ok(frame)

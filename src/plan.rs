@@ -48,6 +48,8 @@ pub struct Plan {
     pub reused: Vec<crate::select::Reused>,
     /// Whether the run writes `reports/` (not when only part of the pipeline runs).
     pub write_reports: bool,
+    /// The engine the file asks for (`--engine` overrides it).
+    pub engine: Option<crate::engine::Engine>,
 }
 
 #[derive(Debug)]
@@ -345,13 +347,23 @@ pub fn prepare(raw: &RawPipeline, pipeline_text: &str, shown: &Path, mut diags: 
     }
 
     let name = raw.name.as_ref().map(|n| n.value.clone()).unwrap_or_default();
+    let engine = match &raw.engine {
+        None => None,
+        Some(text) => match text.value.parse::<crate::engine::Engine>() {
+            Ok(engine) => Some(engine),
+            Err(message) => {
+                diags.push(problem(Some(text.pos), message));
+                None
+            }
+        },
+    };
     let output_root = match (&options.output_root, &raw.output_root) {
         (Some(root), _) => std::path::absolute(root).unwrap_or_else(|_| root.clone()),
         (None, Some(root)) => crate::diag::normalize(&base_dir.join(&root.value)),
         (None, None) => crate::diag::normalize(&base_dir.join("output").join(&name)),
     };
     Prepared {
-        plan: Plan { file: shown.to_path_buf(), name, seed: raw.seed, output_root, vars, inputs, stages, outputs, reused: Vec::new(), write_reports: true },
+        plan: Plan { file: shown.to_path_buf(), name, seed: raw.seed, output_root, vars, inputs, stages, outputs, reused: Vec::new(), write_reports: true, engine },
         diagnostics: diags,
         broken,
     }
@@ -474,6 +486,7 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
             run_id: "validate",
             run_date: &run_date,
             output_root: &plan.output_root,
+            scratch: None,
         };
         match stage.stage.plan(&ctx).await {
             Ok(results) => {

@@ -224,7 +224,7 @@ async fn execute_stages(
     engine_options: &EngineOptions,
     summaries: &mut [StageSummary],
 ) -> Result<Vec<StagedTable>, RunError> {
-    let session = engine::session(engine_options).map_err(|e| RunError::Engine(e.to_string()))?;
+    let session = engine::run_session(engine_options).await.map_err(|e| RunError::Engine(format!("cannot start the query engine ({:?}): {}", engine_options.engine, engine::describe_datafusion_error(&e))))?;
     for input in &plan.inputs {
         engine::register_parquet(&session, &input.name, &input.location)
             .await
@@ -237,6 +237,9 @@ async fn execute_stages(
             .map_err(|e| RunError::Engine(format!("reading `{}` back from table `{}` ({}): {}", reused.result, reused.table, reused.path.display(), engine::describe_datafusion_error(&e))))?;
         tracing::info!(result = %reused.result, table = %reused.table, "not selected: read from its committed table");
     }
+    // A distributed engine's executors read the model stages' results from files: they go
+    // in this run's staging area, removed with it.
+    let scratch = (engine_options.engine != engine::Engine::Local).then(|| sink::staging_root(&plan.output_root, run_id).join("_scratch"));
     let mut artifacts = Vec::new();
     let mut evaluation_parts: Vec<String> = Vec::new();
     for (index, planned) in plan.stages.iter().enumerate() {
@@ -252,6 +255,7 @@ async fn execute_stages(
             run_id,
             run_date,
             output_root: &plan.output_root,
+            scratch: scratch.as_deref(),
         };
         let output = match planned.stage.run(&ctx).await {
             Ok(output) => output,

@@ -31,7 +31,7 @@ use crate::diag::{Diagnostic, Diagnostics};
 use yaml::{At, DeError, Node, OrderedMap, Pos, Value, did_you_mean, from_node, quoted_list};
 
 /// The top-level keys, for "did you mean" on a misspelt one.
-const TOP_LEVEL_FIELDS: &[&str] = &["name", "description", "seed", "output_root", "vars", "inputs", "stages", "outputs"];
+const TOP_LEVEL_FIELDS: &[&str] = &["name", "description", "seed", "output_root", "engine", "vars", "inputs", "stages", "outputs"];
 
 /// Keys every stage has, whatever its kind. All other keys belong to the kind.
 pub const COMMON_STAGE_FIELDS: &[&str] = &["name", "kind", "inputs", "description"];
@@ -45,6 +45,8 @@ pub struct RawPipeline {
     pub description: Option<String>,
     pub seed: u64,
     pub output_root: Option<At<String>>,
+    /// `local`, `ballista-standalone` or a Ballista scheduler `df://host:port`.
+    pub engine: Option<At<String>>,
     /// Declared variables and their default values, in file order.
     pub vars: Vec<(At<String>, Node)>,
     pub inputs: Vec<RawInput>,
@@ -168,6 +170,7 @@ pub fn load_str(text: &str, file: &Path, shown: &Path) -> Result<(RawPipeline, D
         description: None,
         seed: 0,
         output_root: None,
+        engine: None,
         vars: Vec::new(),
         inputs: Vec::new(),
         stages: Vec::new(),
@@ -204,6 +207,10 @@ pub fn load_str(text: &str, file: &Path, shown: &Path) -> Result<(RawPipeline, D
             },
             "seed" => match from_node::<u64>(value) {
                 Ok(seed) => pipeline.seed = seed,
+                Err(e) => report(&mut diags, e, None),
+            },
+            "engine" => match from_node::<At<String>>(value) {
+                Ok(engine) => pipeline.engine = Some(engine),
                 Err(e) => report(&mut diags, e, None),
             },
             "output_root" => match from_node::<At<String>>(value) {

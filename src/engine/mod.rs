@@ -23,11 +23,37 @@ pub struct EngineOptions {
     pub memory_limit: usize,
     /// Where spill files go. Default: the system's temporary folder.
     pub spill_dir: Option<PathBuf>,
+    /// Where queries execute.
+    pub engine: Engine,
+}
+
+/// Where a run's queries execute.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Engine {
+    /// In this process (the default).
+    #[default]
+    Local,
+    /// Apache DataFusion Ballista: a scheduler and executors started in this process.
+    BallistaStandalone,
+    /// Apache DataFusion Ballista: the cluster whose scheduler is at this `df://host:port`.
+    BallistaRemote(String),
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Engine, String> {
+        match text {
+            "local" => Ok(Engine::Local),
+            "ballista" | "ballista-standalone" => Ok(Engine::BallistaStandalone),
+            url if url.starts_with("df://") => Ok(Engine::BallistaRemote(url.to_string())),
+            other => Err(format!("`{other}` is not an engine: use `local`, `ballista-standalone` (a Ballista scheduler and executor in this process) or a scheduler URL such as df://localhost:50050")),
+        }
+    }
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { threads: default_threads(), memory_limit: default_memory_limit(), spill_dir: None }
+        EngineOptions { threads: default_threads(), memory_limit: default_memory_limit(), spill_dir: None, engine: Engine::Local }
     }
 }
 
@@ -55,6 +81,47 @@ pub fn default_memory_limit() -> usize {
 /// `memory_limit` bytes, spill files on disk, and SQL spans collected so errors can point at a
 /// line and column.
 pub fn session(options: &EngineOptions) -> Result<SessionContext, DataFusionError> {
+    Ok(SessionContext::new_with_state(session_state(options)?))
+}
+
+/// With a Ballista cluster on another host, the executors read the inputs themselves: a path
+/// of this machine's file system is only good if they mount the same one, which the operator
+/// says with `SEGFLOW_EXECUTORS_SHARE_FILES=1`. A scheduler on loopback shares this machine.
+pub fn check_inputs_reachable<'a>(engine: &Engine, inputs: impl Iterator<Item = (&'a str, &'a InputLocation)>) -> Result<(), String> {
+    let Engine::BallistaRemote(url) = engine else { return Ok(()) };
+    let host = url.trim_start_matches("df://").split([':', '/']).next().unwrap_or_default();
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with("127.");
+    if loopback || std::env::var("SEGFLOW_EXECUTORS_SHARE_FILES").is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
+    let local: Vec<String> = inputs
+        .filter_map(|(name, location)| match location {
+            InputLocation::File(p) | InputLocation::Folder(p) => Some(format!("`{name}` ({})", p.display())),
+            InputLocation::Glob(g) => Some(format!("`{name}` ({g})")),
+        })
+        .collect();
+    if local.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the Ballista executors at {url} read the inputs themselves, but {} {} this machine's file system; put the files where the executors mount the same paths and set SEGFLOW_EXECUTORS_SHARE_FILES=1, or run with --engine local",
+        local.join(", "),
+        if local.len() == 1 { "is a path of" } else { "are paths of" }
+    ))
+}
+
+/// The session a run executes in: local, or on Ballista (planning stays here; the physical
+/// plans go to the scheduler, which runs them on its executors).
+pub async fn run_session(options: &EngineOptions) -> Result<SessionContext, DataFusionError> {
+    use ballista::prelude::SessionContextExt;
+    match &options.engine {
+        Engine::Local => session(options),
+        Engine::BallistaStandalone => SessionContext::standalone_with_state(session_state(options)?).await,
+        Engine::BallistaRemote(url) => SessionContext::remote_with_state(url, session_state(options)?).await,
+    }
+}
+
+fn session_state(options: &EngineOptions) -> Result<datafusion::execution::session_state::SessionState, DataFusionError> {
     let mut config = SessionConfig::new()
         .with_target_partitions(options.threads.max(1))
         .with_information_schema(true);
@@ -67,12 +134,7 @@ pub fn session(options: &EngineOptions) -> Result<SessionContext, DataFusionErro
         .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
         .with_disk_manager_builder(disk)
         .build_arc()?;
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
-    Ok(SessionContext::new_with_state(state))
+    Ok(SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build())
 }
 
 /// Where an input's files are.

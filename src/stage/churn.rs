@@ -55,7 +55,7 @@ use datafusion::arrow::compute::{cast as cast_array, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::functions_aggregate::expr_fn::{avg, count, sum};
 use datafusion::logical_expr::{cast, ident, lit};
-use datafusion::prelude::{DataFrame, JoinType, SessionContext};
+use datafusion::prelude::JoinType;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::Deserialize;
 
@@ -833,7 +833,7 @@ impl Stage for ChurnStage {
 
         // 7. Churn per segment.
         let by_segment = match &self.segments {
-            Some(segments) => by_segment(session, &scores_batch, &self.id.value, segments).await?,
+            Some(segments) => by_segment(ctx, &scores_batch, &self.id.value, segments).await?,
             None => RecordBatch::new_empty(by_segment_schema()),
         };
         push_by_segment(&mut evaluation, &by_segment);
@@ -856,12 +856,12 @@ impl Stage for ChurnStage {
             predicted_churners,
             "churn model fitted"
         );
-        let read = |batch: RecordBatch| -> Result<DataFrame, StageFailure> { Ok(session.read_batch(batch)?) };
+        let (by_segment_name, evaluation_name) = (format!("{}_by_segment", ctx.stage_name), format!("{}_{}", ctx.stage_name, crate::evaluation::PART));
         Ok(StageOutput {
             results: vec![
-                StageResult { name: ctx.stage_name.to_string(), frame: read(scores_batch)? },
-                StageResult { name: format!("{}_by_segment", ctx.stage_name), frame: read(by_segment)? },
-                StageResult { name: format!("{}_{}", ctx.stage_name, crate::evaluation::PART), frame: read(evaluation_batch)? },
+                StageResult { name: ctx.stage_name.to_string(), frame: ctx.frame_of(ctx.stage_name, scores_batch).await? },
+                StageResult { name: by_segment_name.clone(), frame: ctx.frame_of(&by_segment_name, by_segment).await? },
+                StageResult { name: evaluation_name.clone(), frame: ctx.frame_of(&evaluation_name, evaluation_batch).await? },
             ],
             metrics,
             artifacts: vec![artifact],
@@ -1021,8 +1021,9 @@ fn by_segment_schema() -> SchemaRef {
 /// The scores joined with a segment stage's assignments by customer id: per segment, how many
 /// customers, how many are expected to churn (sum of probabilities), how many the threshold
 /// flags, and the observed churn rate where labels are known.
-async fn by_segment(session: &SessionContext, scores: &RecordBatch, id: &str, segments: &str) -> Result<RecordBatch, StageFailure> {
-    let scored = session.read_batch(scores.clone())?;
+async fn by_segment(ctx: &StageContext<'_>, scores: &RecordBatch, id: &str, segments: &str) -> Result<RecordBatch, StageFailure> {
+    let session = ctx.session;
+    let scored = ctx.frame_of(&format!("{}_scored_for_segments", ctx.stage_name), scores.clone()).await?;
     let assigned = session.table(segments).await?.select(vec![ident(id).alias(SEGMENT_ID_COLUMN), ident("segment")])?;
     let grouped = scored
         .join(assigned, JoinType::Inner, &[id], &[SEGMENT_ID_COLUMN], None)?

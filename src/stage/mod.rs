@@ -16,6 +16,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::yaml::{Node, Pos};
@@ -93,6 +94,37 @@ pub struct StageContext<'a> {
     /// Where the pipeline's tables and saved models live (a stage reads its previous run's
     /// model from here; it never writes here itself).
     pub output_root: &'a Path,
+    /// With a distributed engine, where a stage's in-memory results are written as Parquet so
+    /// the executors can read them (a plan holding in-memory rows cannot be shipped to them).
+    /// `None`: local, results stay in memory.
+    pub scratch: Option<&'a Path>,
+}
+
+impl StageContext<'_> {
+    /// A frame over rows a stage computed in memory (a model's output).
+    pub async fn frame_of(&self, name: &str, batch: RecordBatch) -> Result<DataFrame, StageFailure> {
+        let Some(scratch) = self.scratch else {
+            return Ok(self.session.read_batch(batch)?);
+        };
+        let schema = batch.schema();
+        let path = scratch.join(format!("{name}.parquet"));
+        let fail = |e: String| StageFailure { message: format!("writing `{name}` for the executors to {}: {e}", path.display()) };
+        std::fs::create_dir_all(scratch).map_err(|e| fail(e.to_string()))?;
+        let file = std::fs::File::create(&path).map_err(|e| fail(e.to_string()))?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(crate::sink::writer_properties())).map_err(|e| fail(e.to_string()))?;
+        writer.write(&batch).and_then(|_| writer.close().map(|_| ())).map_err(|e| fail(e.to_string()))?;
+        // Registered under a name of its own: the runner registers the result by its name.
+        let scratch_name = format!("__segflow_scratch_{name}");
+        crate::engine::register_parquet(self.session, &scratch_name, &crate::engine::InputLocation::File(path.clone())).await?;
+        // Parquet reads text back as Utf8View: cast to the types the stage produced, so the
+        // tables written are the same whichever engine ran the run.
+        let columns: Vec<datafusion::logical_expr::Expr> = schema
+            .fields()
+            .iter()
+            .map(|f| datafusion::logical_expr::cast(datafusion::logical_expr::ident(f.name()), f.data_type().clone()).alias(f.name()))
+            .collect();
+        Ok(self.session.table(scratch_name.as_str()).await?.select(columns)?)
+    }
 }
 
 /// What a stage's run produced.

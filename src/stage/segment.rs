@@ -49,7 +49,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::prelude::{DataFrame, SessionContext};
 use ndarray::Array2;
 use serde::Deserialize;
 
@@ -540,7 +539,6 @@ impl Stage for SegmentStage {
             next_segment_id: next_id,
         });
 
-        let session = ctx.session;
         let customers = customers_batch(&self.id.value, &data.ids, &assignments, &ids).map_err(|e| fail(e.to_string()))?;
         let profiles_batch = self.profiles_batch(&profiles, &ids).map_err(|e| fail(e.to_string()))?;
         let centroids = centroids_batch(&preparation, &fit.centroids, &profiles, &ids).map_err(|e| fail(e.to_string()))?;
@@ -562,11 +560,11 @@ impl Stage for SegmentStage {
         tracing::info!(stage = ctx.stage_name, customers = rows, k, inertia = fit.inertia, silhouette = ?silhouette, "segments fitted");
         Ok(StageOutput {
             results: vec![
-                StageResult { name: ctx.stage_name.to_string(), frame: read(session, customers)? },
-                StageResult { name: format!("{}_profiles", ctx.stage_name), frame: read(session, profiles_batch)? },
-                StageResult { name: format!("{}_centroids", ctx.stage_name), frame: read(session, centroids)? },
-                StageResult { name: format!("{}_migration", ctx.stage_name), frame: read(session, migration_batch)? },
-                StageResult { name: format!("{}_{}", ctx.stage_name, crate::evaluation::PART), frame: read(session, evaluation_batch)? },
+                StageResult { name: ctx.stage_name.to_string(), frame: ctx.frame_of(ctx.stage_name, customers).await? },
+                StageResult { name: format!("{}_profiles", ctx.stage_name), frame: ctx.frame_of(&format!("{}_profiles", ctx.stage_name), profiles_batch).await? },
+                StageResult { name: format!("{}_centroids", ctx.stage_name), frame: ctx.frame_of(&format!("{}_centroids", ctx.stage_name), centroids).await? },
+                StageResult { name: format!("{}_migration", ctx.stage_name), frame: ctx.frame_of(&format!("{}_migration", ctx.stage_name), migration_batch).await? },
+                StageResult { name: format!("{}_{}", ctx.stage_name, crate::evaluation::PART), frame: ctx.frame_of(&format!("{}_{}", ctx.stage_name, crate::evaluation::PART), evaluation_batch).await? },
             ],
             metrics,
             artifacts: vec![artifact],
@@ -574,9 +572,6 @@ impl Stage for SegmentStage {
     }
 }
 
-fn read(session: &SessionContext, batch: RecordBatch) -> Result<DataFrame, StageFailure> {
-    Ok(session.read_batch(batch)?)
-}
 
 struct KChoiceRecord {
     k_min: usize,

@@ -2,6 +2,7 @@
 //! Each test runs the real `segflow` binary in a fresh temporary folder.
 
 mod bad_inputs;
+mod ballista;
 mod churn;
 mod clean;
 mod report;

@@ -69,7 +69,7 @@ fn an_unknown_field_is_reported_with_did_you_mean() {
 fn an_unknown_top_level_field_is_reported_with_did_you_mean() {
     let ran = validate(&broken("vars:", "varz:"));
     assert_problems(&ran, &[
-        "error: pipeline.yaml:2:1: unknown top-level field `varz`, expected one of `name`, `description`, `seed`, `output_root`, `vars`, `inputs`, `stages`, `outputs` (did you mean `vars`?)",
+        "error: pipeline.yaml:2:1: unknown top-level field `varz`, expected one of `name`, `description`, `seed`, `output_root`, `engine`, `vars`, `inputs`, `stages`, `outputs` (did you mean `vars`?)",
         "error: pipeline.yaml:11:74: stage \"features\": undefined variable `min_units`; defined: `run_date`",
     ]);
 }
