@@ -111,6 +111,22 @@ impl RunLock {
     }
 }
 
+/// The run ids of every lock under `output_root` whose holder may still be running (alive on
+/// this host, or on another host, which cannot be checked from here).
+pub fn possibly_running(output_root: &Path) -> Vec<String> {
+    let dir = output_root.join(crate::sink::SEGFLOW_DIR).join("locks");
+    let here = host_name();
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .filter_map(|e| serde_json::from_slice::<Holder>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|h| h.host != here || alive(h.pid))
+        .map(|h| h.run_id)
+        .collect()
+}
+
 impl Drop for RunLock {
     fn drop(&mut self) {
         // Only our own lock: never one a later run took over.

@@ -115,14 +115,21 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
     };
     // Held until this function returns, whatever happens: one run per run date.
     let lock = crate::lock::RunLock::acquire(&plan.output_root, &run_date, run_id)?;
-    // A killed run leaves its staged files behind; the run that takes over its lock clears them.
+    // A killed run leaves its staged files behind. Every run holds its lock before it stages
+    // anything, so staged files no possibly-running run's lock accounts for are a dead run's.
     if let Some(dead) = &lock.taken_over {
-        let leftover = sink::staging_root(&plan.output_root, &dead.run_id);
-        if leftover.exists() {
-            match std::fs::remove_dir_all(&leftover) {
-                Ok(()) => tracing::info!(run_id = %dead.run_id, path = %leftover.display(), "removed the killed run's staged files"),
-                Err(e) => tracing::warn!(run_id = %dead.run_id, path = %leftover.display(), error = %e, "could not remove the killed run's staged files"),
-            }
+        tracing::info!(run_id = %dead.run_id, "took over the lock of a run that is gone");
+    }
+    let running = crate::lock::possibly_running(&plan.output_root);
+    let staging_dir = plan.output_root.join(sink::SEGFLOW_DIR).join("staging");
+    for entry in std::fs::read_dir(&staging_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == sink::file_safe(run_id) || running.iter().any(|r| sink::file_safe(r) == name) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(path = %entry.path().display(), "removed the staged files of a run that is gone"),
+            Err(e) => tracing::warn!(path = %entry.path().display(), error = %e, "could not remove the staged files of a run that is gone"),
         }
     }
     let staging = sink::staging_root(&plan.output_root, run_id);
