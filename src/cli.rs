@@ -299,7 +299,7 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
                 .map(str::to_string);
             let run_date = crate::vars::parse_date(&text("run_date")).ok_or_else(|| Error::Usage(format!("the last run record has no usable run date: {:?}", text("run_date"))))?;
             let vars: Vec<(String, String)> = last.get("vars").and_then(|v| v.as_object()).map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default();
-            let mut plan = plan::load_and_check(&file, &plan_options(&RunParams { run_date: Some(run_date), vars }, output_root), &engine_options).await.map_err(Error::Config)?;
+            let mut plan = plan::load_and_check(&file, &plan_options(&RunParams { run_date: Some(run_date), vars: vars.clone() }, output_root), &engine_options).await.map_err(Error::Config)?;
             let run_date_text = plan.run_date().unwrap_or_default();
             match &failed {
                 Some(stage) => match crate::select::apply(&mut plan, &[format!("{stage}+")], &[], &run_date_text) {
@@ -309,7 +309,7 @@ pub async fn dispatch(cli: Cli) -> Result<Option<String>, Error> {
                     }
                     Err(why) => {
                         tracing::info!(failed_run = %text("run_id"), run_date = %run_date_text, reason = %why, "retrying the whole pipeline: what comes before the failed stage is not committed for this run date");
-                        plan = plan::load_and_check(&file, &plan_options(&RunParams { run_date: Some(run_date), vars: last.get("vars").and_then(|v| v.as_object()).map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default() }, Some(probe.output_root.clone())), &engine_options).await.map_err(Error::Config)?;
+                        plan = plan::load_and_check(&file, &plan_options(&RunParams { run_date: Some(run_date), vars }, Some(probe.output_root.clone())), &engine_options).await.map_err(Error::Config)?;
                     }
                 },
                 None => tracing::info!(failed_run = %text("run_id"), run_date = %run_date_text, "the failed run failed outside a stage: retrying the whole pipeline"),

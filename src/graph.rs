@@ -7,14 +7,6 @@ use std::fmt::Write as _;
 use crate::evaluation;
 use crate::plan::Plan;
 
-/// The stage whose result `result` is: the stage itself, or `<stage>_<part>` for one of its
-/// secondary results.
-fn producer<'a>(plan: &'a Plan, result: &str) -> Option<&'a str> {
-    plan.stages.iter().map(|s| s.name.as_str()).find(|s| {
-        *s == result || plan.stages.iter().any(|p| p.name == *s && p.stage.secondary_results().iter().any(|part| format!("{s}_{part}") == result))
-    })
-}
-
 fn quoted(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -34,7 +26,7 @@ pub fn dot(plan: &Plan) -> String {
         if plan.inputs.iter().any(|i| i.name == name) {
             format!("input:{name}")
         } else {
-            format!("stage:{}", producer(plan, name).unwrap_or(name))
+            format!("stage:{}", plan.producer(name).map_or(name, |s| s.name.as_str()))
         }
     };
     for stage in &plan.stages {

@@ -87,7 +87,19 @@ pub struct PlannedOutput {
     pub schema_version: u32,
 }
 
+impl PlannedStage {
+    /// Whether `result` is one of this stage's results: its own name, or `<stage>_<part>`.
+    pub fn produces(&self, result: &str) -> bool {
+        result == self.name || self.stage.secondary_results().iter().any(|part| result == format!("{}_{part}", self.name))
+    }
+}
+
 impl Plan {
+    /// The stage that produces the table `result`, if a stage does.
+    pub fn producer(&self, result: &str) -> Option<&PlannedStage> {
+        self.stages.iter().find(|s| s.produces(result))
+    }
+
     /// The run date as `YYYY-MM-DD`: the partition this run writes. `prepare` always defines
     /// it, so `None` is a bug.
     pub fn run_date(&self) -> Option<String> {

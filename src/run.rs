@@ -188,8 +188,7 @@ pub async fn execute(plan: &Plan, run_id: &str, engine_options: &EngineOptions) 
     // Each table under the stage it was written from (`evaluation` under every contributor).
     for (stage, planned) in stages.iter_mut().zip(&plan.stages) {
         let contributes = evaluation::contributes(planned.stage.as_ref());
-        let own = |from: &str| from == planned.name || planned.stage.secondary_results().iter().any(|part| from == format!("{}_{part}", planned.name));
-        stage.outputs = tables.iter().filter(|t| own(&t.from) || (contributes && t.from == evaluation::EVALUATION)).cloned().collect();
+        stage.outputs = tables.iter().filter(|t| planned.produces(&t.from) || (contributes && t.from == evaluation::EVALUATION)).cloned().collect();
     }
     let summary = RunSummary {
         pipeline: plan.name.clone(),
@@ -338,12 +337,7 @@ async fn execute_stages(
             // A query that fails while its rows are computed is its stage's failure (a lazy
             // stage computes nothing until a table is written), and what reads it is skipped.
             Err(sink::SinkError::Compute { table, message }) => {
-                let stage = plan
-                    .stages
-                    .iter()
-                    .find(|s| output.from == s.name || s.stage.secondary_results().iter().any(|part| output.from == format!("{}_{part}", s.name)))
-                    .map(|s| s.name.clone())
-                    .unwrap_or_else(|| output.from.clone());
+                let stage = plan.producer(&output.from).map_or_else(|| output.from.clone(), |s| s.name.clone());
                 mark_failed(plan, summaries, &stage);
                 return Err(RunError::Stage { stage, message: format!("while computing table `{table}`: {message}") });
             }
@@ -372,7 +366,7 @@ fn mark_failed(plan: &Plan, summaries: &mut [StageSummary], stage: &str) {
     let mut downstream = vec![stage.to_string()];
     for planned in &plan.stages {
         // Stages are in dependency order, so one pass finds every descendant.
-        let reads_failed = planned.inputs.iter().any(|input| downstream.iter().any(|d| input == d || input.starts_with(&format!("{d}_"))));
+        let reads_failed = planned.inputs.iter().any(|input| plan.producer(input).is_some_and(|p| downstream.contains(&p.name)));
         if reads_failed && !downstream.contains(&planned.name) {
             downstream.push(planned.name.clone());
         }

@@ -39,14 +39,6 @@ fn parse(text: &str) -> Selector {
     Selector { stage, upstream, downstream }
 }
 
-/// The stage that produces `result` (itself, or `<stage>_<part>`).
-fn producer(plan: &Plan, result: &str) -> Option<String> {
-    plan.stages
-        .iter()
-        .find(|s| result == s.name || s.stage.secondary_results().iter().any(|part| result == format!("{}_{part}", s.name)))
-        .map(|s| s.name.clone())
-}
-
 fn expand(plan: &Plan, selector: &Selector) -> BTreeSet<String> {
     let mut chosen = BTreeSet::from([selector.stage.clone()]);
     if selector.upstream {
@@ -54,8 +46,8 @@ fn expand(plan: &Plan, selector: &Selector) -> BTreeSet<String> {
         for stage in plan.stages.iter().rev() {
             if chosen.contains(&stage.name) {
                 for input in &stage.inputs {
-                    if let Some(p) = producer(plan, input) {
-                        chosen.insert(p);
+                    if let Some(p) = plan.producer(input) {
+                        chosen.insert(p.name.clone());
                     }
                 }
             }
@@ -64,7 +56,7 @@ fn expand(plan: &Plan, selector: &Selector) -> BTreeSet<String> {
     if selector.downstream {
         let mut down = BTreeSet::from([selector.stage.clone()]);
         for stage in &plan.stages {
-            if stage.inputs.iter().any(|i| producer(plan, i).is_some_and(|p| down.contains(&p))) {
+            if stage.inputs.iter().any(|i| plan.producer(i).is_some_and(|p| down.contains(&p.name))) {
                 down.insert(stage.name.clone());
             }
         }
@@ -105,7 +97,7 @@ pub fn apply(plan: &mut Plan, select: &[String], exclude: &[String], run_date: &
     let mut reused = Vec::new();
     for stage in plan.stages.iter().filter(|s| chosen.contains(&s.name)) {
         for input in &stage.inputs {
-            let Some(from) = producer(plan, input) else { continue };
+            let Some(from) = plan.producer(input).map(|p| p.name.clone()) else { continue };
             if chosen.contains(&from) || reused.iter().any(|r: &Reused| r.result == *input) {
                 continue;
             }
@@ -142,7 +134,7 @@ pub fn apply(plan: &mut Plan, select: &[String], exclude: &[String], run_date: &
                 }
                 every_contributor_selected
             } else {
-                producer(plan, &o.from).is_some_and(|p| chosen.contains(&p))
+                plan.producer(&o.from).is_some_and(|p| chosen.contains(&p.name))
             }
         })
         .map(|o| o.table.clone())
