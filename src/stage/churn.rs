@@ -64,7 +64,7 @@ use segflow_ml::metrics::{self, ThresholdPolicy};
 use segflow_ml::prep::{FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
 use segflow_ml::split::{self, Split};
 
-use super::features::{FeatureData, feature_columns, is_categorical_type, is_numeric_type, read_features, text_views, type_in_words};
+use super::features::{ColumnCheck, FeatureData, feature_columns, is_id_type, is_numeric_type, read_features, text_views};
 use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, Value, did_you_mean, from_node, quoted_list};
 use crate::evaluation::{EvaluationRows, Keys};
@@ -600,46 +600,6 @@ fn is_time_type(t: &DataType) -> bool {
     matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
 }
 
-fn is_id_type(t: &DataType) -> bool {
-    !matches!(t, DataType::List(_) | DataType::Struct(_) | DataType::Map(..) | DataType::Float32 | DataType::Float64)
-}
-
-/// Checks one table's columns against what the stage needs of it.
-struct ColumnCheck<'a> {
-    table: &'a str,
-    schema: SchemaRef,
-    problems: &'a mut Vec<StageProblem>,
-}
-
-impl ColumnCheck<'_> {
-    fn check(&mut self, column: &At<String>, what: &str, accepts: fn(&DataType) -> bool, expected: &str) {
-        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
-        match self.schema.field_with_name(&column.value) {
-            Err(_) => self.problems.push(StageProblem {
-                file: None,
-                pos: Some(column.pos),
-                message: format!("{what} `{}` is not a column of `{}`; its columns are: {}", column.value, self.table, quoted_list(names.iter().copied())),
-                suggestion: did_you_mean(&column.value, names.iter().copied()),
-            }),
-            Ok(field) if !accepts(field.data_type()) => self.problems.push(StageProblem::at(
-                column.pos,
-                format!("{what} `{}` of `{}` is {}; expected {expected}", column.value, self.table, type_in_words(field.data_type())),
-            )),
-            Ok(_) => {}
-        }
-    }
-
-    fn features(&mut self, features: &[PlannedFeature]) {
-        for f in features {
-            if f.is_numeric() {
-                self.check(&f.name, "feature", is_numeric_type, "a number (one-hot encode text features with `one_hot: true`)");
-            } else {
-                self.check(&f.name, "feature", is_categorical_type, "text, an integer or a boolean for a one-hot feature");
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl Stage for ChurnStage {
     fn secondary_results(&self) -> &'static [&'static str] {
@@ -655,7 +615,7 @@ impl Stage for ChurnStage {
         let train = schema_of(self.table.clone()).await?;
         let mut check = ColumnCheck { table: &self.table, schema: train.clone(), problems: &mut problems };
         check.check(&self.id, "id column", is_id_type, "an integer or string id");
-        check.features(&self.features);
+        check.features(self.features.iter().map(|f| (&f.name, f.is_numeric())));
         match &self.label {
             LabelPlan::Column { column, positive: None } => check.check(column, "label", |t| is_numeric_type(t), "a boolean or 0/1 (for a text label, say which value means churned: `positive: \"Yes\"`)"),
             LabelPlan::Column { column, positive: Some(_) } => check.check(column, "label", |_| true, ""),
@@ -679,7 +639,7 @@ impl Stage for ChurnStage {
             let schema = schema_of(score.clone()).await?;
             let mut check = ColumnCheck { table: score, schema, problems: &mut problems };
             check.check(&self.id, "id column", is_id_type, "an integer or string id");
-            check.features(&self.features);
+            check.features(self.features.iter().map(|f| (&f.name, f.is_numeric())));
         }
         if let Some(segments) = &self.segments {
             let schema = schema_of(segments.clone()).await?;

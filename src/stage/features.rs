@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::{cast, concat, take};
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::{cast as cast_expr, ident};
 use datafusion::prelude::DataFrame;
 use segflow_ml::prep::{FeatureColumn, FeatureKind};
+
+use super::StageProblem;
+use crate::config::yaml::{At, did_you_mean, quoted_list};
 
 /// The columns a model stage (or `assign`, `score`) reads, one value per customer, ordered by id.
 pub struct FeatureData {
@@ -156,4 +159,47 @@ pub fn is_numeric_type(t: &DataType) -> bool {
 /// A column a one-hot feature can read.
 pub fn is_categorical_type(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Dictionary(..)) || t.is_integer()
+}
+
+/// A column a customer id can be: anything that compares exactly (not floats, not nested).
+pub fn is_id_type(t: &DataType) -> bool {
+    !matches!(t, DataType::List(_) | DataType::Struct(_) | DataType::Map(..) | DataType::Float32 | DataType::Float64)
+}
+
+/// Checks one table's columns against what a stage needs of it, collecting every problem.
+pub struct ColumnCheck<'a> {
+    pub table: &'a str,
+    pub schema: SchemaRef,
+    pub problems: &'a mut Vec<StageProblem>,
+}
+
+impl ColumnCheck<'_> {
+    /// `column` must exist and have a type `accepts` (`expected` says which, in words).
+    pub fn check(&mut self, column: &At<String>, what: &str, accepts: fn(&DataType) -> bool, expected: &str) {
+        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        match self.schema.field_with_name(&column.value) {
+            Err(_) => self.problems.push(StageProblem {
+                file: None,
+                pos: Some(column.pos),
+                message: format!("{what} `{}` is not a column of `{}`; its columns are: {}", column.value, self.table, quoted_list(names.iter().copied())),
+                suggestion: did_you_mean(&column.value, names.iter().copied()),
+            }),
+            Ok(field) if !accepts(field.data_type()) => self.problems.push(StageProblem::at(
+                column.pos,
+                format!("{what} `{}` of `{}` is {}; expected {expected}", column.value, self.table, type_in_words(field.data_type())),
+            )),
+            Ok(_) => {}
+        }
+    }
+
+    /// Model features, (name, numeric or one-hot).
+    pub fn features<'f>(&mut self, features: impl Iterator<Item = (&'f At<String>, bool)>) {
+        for (name, numeric) in features {
+            if numeric {
+                self.check(name, "feature", is_numeric_type, "a number (one-hot encode text features with `one_hot: true`)");
+            } else {
+                self.check(name, "feature", is_categorical_type, "text, an integer or a boolean for a one-hot feature");
+            }
+        }
+    }
 }

@@ -60,7 +60,7 @@ use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailur
 use crate::config::yaml::{At, Node, OrderedMap, did_you_mean, from_node, quoted_list};
 use crate::evaluation::{EvaluationRows, Keys};
 use model::{PreviousRun, SegmentRecord};
-use super::features::{feature_columns, is_categorical_type, is_numeric_type, read_features, text_views, type_in_words};
+use super::features::{ColumnCheck, feature_columns, is_id_type, is_numeric_type, read_features, text_views};
 use profile::{RankBy, SegmentProfile};
 
 pub struct SegmentKind;
@@ -354,34 +354,15 @@ impl Stage for SegmentStage {
         let problem = |message: String| vec![StageProblem { file: None, pos: None, message, suggestion: None }];
         let input = ctx.session.table(self.input.as_str()).await.map_err(|e| problem(crate::engine::describe_datafusion_error(&e)))?;
         let schema = input.schema().inner().clone();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let mut problems = Vec::new();
-        let mut check = |column: &At<String>, what: &str, accepts: fn(&DataType) -> bool, expected: &str| match schema.field_with_name(&column.value) {
-            Err(_) => problems.push(StageProblem {
-                file: None,
-                pos: Some(column.pos),
-                message: format!("{what} `{}` is not a column of `{}`; its columns are: {}", column.value, self.input, quoted_list(names.iter().copied())),
-                suggestion: did_you_mean(&column.value, names.iter().copied()),
-            }),
-            Ok(field) if !accepts(field.data_type()) => problems.push(StageProblem::at(
-                column.pos,
-                format!("{what} `{}` of `{}` is {}; expected {expected}", column.value, self.input, type_in_words(field.data_type())),
-            )),
-            Ok(_) => {}
-        };
-        check(&self.id, "id column", |t| !matches!(t, DataType::List(_) | DataType::Struct(_) | DataType::Map(..) | DataType::Float32 | DataType::Float64), "an integer or string id");
-        for f in &self.features {
-            if f.is_numeric() {
-                check(&f.name, "feature", is_numeric_type, "a number (one-hot encode text features with `one_hot: true`)");
-            } else {
-                check(&f.name, "feature", is_categorical_type, "text, an integer or a boolean for a one-hot feature");
-            }
-        }
+        let mut check = ColumnCheck { table: &self.input, schema: schema.clone(), problems: &mut problems };
+        check.check(&self.id, "id column", is_id_type, "an integer or string id");
+        check.features(self.features.iter().map(|f| (&f.name, f.is_numeric())));
         if let Some(revenue) = &self.revenue {
-            check(revenue, "revenue column", is_numeric_type, "a number");
+            check.check(revenue, "revenue column", is_numeric_type, "a number");
         }
         if let Some(label) = &self.churn_label {
-            check(label, "churn label", is_numeric_type, "a boolean or 0/1");
+            check.check(label, "churn label", is_numeric_type, "a boolean or 0/1");
         }
         if !problems.is_empty() {
             return Err(problems);
