@@ -33,6 +33,7 @@ orders AS (
         invoice,
         bool_or(is_cancellation) AS is_cancellation,
         MIN(invoice_ts) AS ordered_at,
+        MAX(invoice_ts) AS last_line_at,
         SUM(amount) AS order_value,
         SUM(quantity) AS units
     FROM lines
@@ -64,14 +65,17 @@ purchase_stats AS (
     FROM purchases p CROSS JOIN as_of a
     GROUP BY p.customer_id
 ),
+-- From the orders, not with COUNT(DISTINCT invoice) on the lines: two distinct counts in one
+-- aggregate make DataFusion keep a hash set per customer outside its memory pool (1.6 GB on
+-- 1M lines), where a grouping by invoice streams and spills.
 customer_span AS (
     SELECT
         customer_id,
-        MIN(invoice_ts) AS first_seen_at,
-        MAX(invoice_ts) AS last_seen_at,
-        COUNT(DISTINCT invoice) AS invoices,
-        COUNT(DISTINCT CASE WHEN is_cancellation THEN invoice END) AS cancelled_invoices
-    FROM lines
+        MIN(ordered_at) AS first_seen_at,
+        MAX(last_line_at) AS last_seen_at,
+        COUNT(*) AS invoices,
+        COUNT(CASE WHEN is_cancellation THEN 1 END) AS cancelled_invoices
+    FROM orders
     GROUP BY customer_id
 ),
 category_spend AS (

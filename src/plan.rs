@@ -499,6 +499,7 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
             run_date: &run_date,
             output_root: &plan.output_root,
             scratch: None,
+            distributed: false,
         };
         match stage.stage.plan(&ctx).await {
             Ok(results) => {

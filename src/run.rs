@@ -243,9 +243,10 @@ async fn execute_stages(
             .map_err(|e| RunError::Engine(format!("reading `{}` back from table `{}` ({}): {}", reused.result, reused.table, reused.path.display(), engine::describe_datafusion_error(&e))))?;
         tracing::info!(result = %reused.result, table = %reused.table, "not selected: read from its committed table");
     }
-    // A distributed engine's executors read the model stages' results from files: they go
-    // in this run's staging area, removed with it.
-    let scratch = (engine_options.engine != engine::Engine::Local).then(|| sink::staging_root(&plan.output_root, run_id).join("_scratch"));
+    // Rows a stage materialises, and a distributed engine's copies of in-memory results, go in
+    // this run's staging area, removed with it.
+    let scratch = sink::staging_root(&plan.output_root, run_id).join("_scratch");
+    let distributed = engine_options.engine != engine::Engine::Local;
     let mut artifacts = Vec::new();
     let mut evaluation_parts: Vec<String> = Vec::new();
     for (index, planned) in plan.stages.iter().enumerate() {
@@ -261,7 +262,8 @@ async fn execute_stages(
             run_id,
             run_date,
             output_root: &plan.output_root,
-            scratch: scratch.as_deref(),
+            scratch: Some(&scratch),
+            distributed,
         };
         let output = match planned.stage.run(&ctx).await {
             Ok(output) => output,

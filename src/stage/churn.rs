@@ -663,6 +663,7 @@ impl Stage for ChurnStage {
         let fail = |message: String| StageFailure { message };
         let session = ctx.session;
         let what = format!("input `{}`", self.table);
+        let mut phases = super::Phases::start(ctx.stage_name);
 
         // 1. The training table with its label, in memory, ordered by id.
         let train_frame = session.table(self.table.as_str()).await?;
@@ -681,6 +682,7 @@ impl Stage for ChurnStage {
         }
         let labels = self.labels(&data, &what).map_err(fail)?;
         let label_text = self.label.describe(ctx.vars);
+        phases.done("label and features read");
 
         // 2. The split, then the preparation fitted on the training side only.
         let split = self.split(&data, &labels, ctx.seed, &what).map_err(fail)?;
@@ -697,6 +699,7 @@ impl Stage for ChurnStage {
         let y_test: Vec<usize> = split.test.iter().map(|&r| labels[r]).collect();
         let prepared_names = preparation.output_names();
         let feature_names: Vec<String> = self.features.iter().map(|f| f.name.value.clone()).collect();
+        phases.done("split and preparation");
 
         // 3. The forest and the baseline tree.
         let forest_params = self.forest.clone().seed(ctx.seed).check().map_err(|e| fail(format!("forest: {e}")))?;
@@ -707,6 +710,7 @@ impl Stage for ChurnStage {
         let tree = fit_tree(x_train.view(), &y_train).map_err(fail)?;
         let forest_predict = |x: ArrayView2<'_, f64>| forest.predict_proba(x).map(|p| p.to_vec()).unwrap_or_default();
         let tree_predict = |x: ArrayView2<'_, f64>| tree.predict_proba(x).map(|p| p.to_vec()).unwrap_or_default();
+        phases.done("forest and tree fitted");
 
         // 4. Thresholds, chosen on out-of-sample training predictions.
         let oob = forest.oob();
@@ -722,6 +726,8 @@ impl Stage for ChurnStage {
         };
         let tree_oof = out_of_fold(x_train.view(), &y_train, ctx.seed, &|x, y, held_out| Ok(fit_tree(x, y)?.predict_proba(held_out).map_err(|e| e.to_string())?.to_vec())).map_err(fail)?;
         let (tree_threshold, _) = self.choose_threshold(&y_train, &tree_oof, &format!("{THRESHOLD_FOLDS}-fold out-of-fold training predictions")).map_err(fail)?;
+
+        phases.done("thresholds");
 
         // 5. Evaluation: both models on both splits, OOB, cross-validation, importances.
         let mut evaluation = EvaluationRows::default();
@@ -749,6 +755,8 @@ impl Stage for ChurnStage {
             let (means, stds) = grouped_permutation_importance(&forest_predict, x_test.view(), &y_test, &model::feature_groups(&preparation), self.features.len(), self.permutation_repeats, ctx.seed);
             evaluate::importances(&mut evaluation, FOREST, "test", "permutation_importance", &feature_names, &means, Some(&stds));
         }
+
+        phases.done("evaluation");
 
         // 6. Scores for every customer of the score table.
         let model = ChurnModel {
@@ -791,6 +799,8 @@ impl Stage for ChurnStage {
         .map_err(|e| fail(e.to_string()))?;
         let predicted_churners = scores_batch.column_by_name("predicted_churn").map(|c| c.as_boolean().true_count()).unwrap_or(0);
 
+        phases.done("scores");
+
         // 7. Churn per segment.
         let by_segment = match &self.segments {
             Some(segments) => by_segment(ctx, &scores_batch, &self.id.value, segments).await?,
@@ -798,6 +808,7 @@ impl Stage for ChurnStage {
         };
         push_by_segment(&mut evaluation, &by_segment);
 
+        phases.done("churn by segment");
         let evaluation_batch = evaluation.to_batch(ctx.run_id, ctx.stage_name)?;
         let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: model.to_files().map_err(fail)? };
         let mut metrics = StageMetrics::new();

@@ -695,7 +695,7 @@ impl Stage for CleanStage {
         let fills = self.fill_values(session).await?;
         let classified_sql = self.classify_sql(&names, &fills).replace("{input}", &quote_ident(&self.input));
         // Materialised once: the counts, the clean rows and the rejects all read it.
-        let classified = session.sql(&classified_sql).await?.cache().await?;
+        let classified = ctx.materialize("classified", session.sql(&classified_sql).await?).await?;
         let classified_name = self.table(ctx, "classified");
         session.register_table(classified_name.as_str(), classified.into_view())?;
         let classified_q = quote_ident(&classified_name);
@@ -724,7 +724,7 @@ impl Stage for CleanStage {
         let rows_rejected: i64 = reasons.iter().map(|(_, n)| n).sum();
 
         let (clean, rejects) = self.lazy_outputs(ctx, &names, &classified_q).await?;
-        let clean = clean.cache().await?;
+        let clean = ctx.materialize("clean", clean).await?;
         let rows_out = clean.clone().count().await? as i64;
         // rows_in = rows_out + rows_rejected + rows_deduplicated holds when every input row was
         // classified exactly once (valid + rejected = in) and dedup only removed rows.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::yaml::{Node, Pos};
@@ -94,16 +95,19 @@ pub struct StageContext<'a> {
     /// Where the pipeline's tables and saved models live (a stage reads its previous run's
     /// model from here; it never writes here itself).
     pub output_root: &'a Path,
-    /// With a distributed engine, where a stage's in-memory results are written as Parquet so
-    /// the executors can read them (a plan holding in-memory rows cannot be shipped to them).
-    /// `None`: local, results stay in memory.
+    /// The run's scratch folder, in its staging area and removed with it: where a stage writes
+    /// rows it reads more than once ([`StageContext::materialize`]) and, with a distributed
+    /// engine, its in-memory results. `None` while planning (`validate`), when nothing runs.
     pub scratch: Option<&'a Path>,
+    /// A distributed engine runs the plans: a plan holding in-memory rows cannot be shipped to
+    /// its executors, so a stage's in-memory results go to `scratch` as Parquet.
+    pub distributed: bool,
 }
 
 impl StageContext<'_> {
     /// A frame over rows a stage computed in memory (a model's output).
     pub async fn frame_of(&self, name: &str, batch: RecordBatch) -> Result<DataFrame, StageFailure> {
-        let Some(scratch) = self.scratch else {
+        let Some(scratch) = self.scratch.filter(|_| self.distributed) else {
             return Ok(self.session.read_batch(batch)?);
         };
         let schema = batch.schema();
@@ -116,14 +120,68 @@ impl StageContext<'_> {
         // Registered under a name of its own: the runner registers the result by its name.
         let scratch_name = format!("__segflow_scratch_{name}");
         crate::engine::register_parquet(self.session, &scratch_name, &crate::engine::InputLocation::File(path.clone())).await?;
-        // Parquet reads text back as Utf8View: cast to the types the stage produced, so the
-        // tables written are the same whichever engine ran the run.
+        self.read_back(&scratch_name, &schema).await
+    }
+
+    /// Rows a stage reads more than once, computed once: streamed to Parquet in the run's
+    /// scratch folder and read back from there, so memory does not grow with the data (a
+    /// `cache()` would hold every row) and the input is not read and classified again by each
+    /// reader. Row order is not kept; no reader depends on it.
+    pub async fn materialize(&self, name: &str, frame: DataFrame) -> Result<DataFrame, StageFailure> {
+        let Some(scratch) = self.scratch else {
+            return Ok(frame.cache().await?);
+        };
+        let schema: SchemaRef = frame.schema().inner().clone();
+        let folder = scratch.join(format!("{}_{name}", self.stage_name));
+        let fail = |e: String| StageFailure { message: format!("writing `{name}` to the scratch folder {}: {e}", folder.display()) };
+        if folder.exists() {
+            std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
+        }
+        std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
+        let mut options = datafusion::config::TableParquetOptions::default();
+        // Written once and read back at once: fast compression, no page statistics to speak of.
+        options.global.compression = Some("zstd(1)".to_string());
+        let location = format!("{}/", folder.display());
+        frame.write_parquet(&location, datafusion::dataframe::DataFrameWriteOptions::new(), Some(options)).await?;
+        // No rows, no files: nothing to read a schema from.
+        let written = std::fs::read_dir(&folder).map_err(|e| fail(e.to_string()))?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "parquet"));
+        if !written {
+            return Ok(self.session.read_batch(RecordBatch::new_empty(schema))?);
+        }
+        let table = format!("__segflow_materialized_{}_{name}", self.stage_name);
+        crate::engine::register_parquet(self.session, &table, &crate::engine::InputLocation::Folder(folder.clone())).await?;
+        self.read_back(&table, &schema).await
+    }
+
+    /// A table read back from Parquet, with the types it was written with: Parquet reads text
+    /// back as Utf8View, so the tables written are the same whichever way the rows travelled.
+    async fn read_back(&self, table: &str, schema: &SchemaRef) -> Result<DataFrame, StageFailure> {
         let columns: Vec<datafusion::logical_expr::Expr> = schema
             .fields()
             .iter()
             .map(|f| datafusion::logical_expr::cast(datafusion::logical_expr::ident(f.name()), f.data_type().clone()).alias(f.name()))
             .collect();
-        Ok(self.session.table(scratch_name.as_str()).await?.select(columns)?)
+        Ok(self.session.table(table).await?.select(columns)?)
+    }
+}
+
+/// Time spent in each phase of a stage, logged at debug level (`segflow run -v`): where a
+/// slow stage spends its time, without a profiler.
+pub struct Phases<'a> {
+    stage: &'a str,
+    last: std::time::Instant,
+}
+
+impl<'a> Phases<'a> {
+    pub fn start(stage: &'a str) -> Self {
+        Phases { stage, last: std::time::Instant::now() }
+    }
+
+    /// Logs the time since the previous phase ended.
+    pub fn done(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(stage = self.stage, phase, seconds = (now - self.last).as_secs_f64(), "phase done");
+        self.last = now;
     }
 }
 

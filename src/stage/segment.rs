@@ -380,6 +380,7 @@ impl Stage for SegmentStage {
 
     async fn run(&self, ctx: &StageContext<'_>) -> Result<StageOutput, StageFailure> {
         let fail = |message: String| StageFailure { message };
+        let mut phases = super::Phases::start(ctx.stage_name);
         let input = ctx.session.table(self.input.as_str()).await?;
         let numeric: Vec<String> = self.numeric_columns();
         let categorical: Vec<String> = self.features.iter().filter(|f| !f.is_numeric()).map(|f| f.name.value.clone()).collect();
@@ -395,19 +396,21 @@ impl Stage for SegmentStage {
         let columns = feature_columns(&data, &text, &kinds);
         let preparation = Preparation::fit(&specs, &columns).map_err(|e| fail(format!("feature preparation: {e}")))?;
         let x = preparation.transform(&columns).map_err(|e| fail(format!("feature preparation: {e}")))?;
+        phases.done("features read and prepared");
 
         // The stage's own seed, derived from the pipeline's: set here, where it is known.
         let cluster = ClusterParams { seed: ctx.seed, ..self.cluster.params().clone() }.check().map_err(|e| fail(e.to_string()))?;
         let algorithm = cluster.params().algorithm;
         let mut evaluation = EvaluationRows::default();
         let model_name = algorithm.name();
-        let (fit, choice) = match self.k {
+        // The silhouette of the chosen k: the k search has scored it already.
+        let (fit, choice, searched_silhouette) = match self.k {
             KPlan::Fixed(k) => {
                 if k > rows {
                     return Err(fail(format!("k = {k} segments, but `{}` has only {rows} customers", self.input)));
                 }
                 let fit = cluster::fit(&cluster, x.view(), k).map_err(|e| fail(e.to_string()))?;
-                (fit, None)
+                (fit, None, None)
             }
             KPlan::Auto { min, max } => {
                 if min > rows {
@@ -426,16 +429,20 @@ impl Stage for SegmentStage {
                 }
                 let choice = KChoiceRecord { k_min: min, k_max: max, knee_k: search.knee_k, chosen_k: search.chosen_k, rule: describe_choice(search.reason).to_string() };
                 tracing::info!(stage = ctx.stage_name, k = search.chosen_k, knee = ?search.knee_k, rule = %choice.rule, "k chosen");
-                (search.fit, Some(choice))
+                let silhouette = search.curve.iter().find(|p| p.k == search.chosen_k).map(|p| p.silhouette);
+                (search.fit, Some(choice), silhouette)
             }
         };
+        phases.done("fitted");
         let k = fit.centroids.nrows();
         let assignments = fit.training_assignments(x.view()).map_err(|e| fail(e.to_string()))?;
-        let silhouette = if k >= 2 {
-            segflow_ml::kmeans::silhouette_score(x.view(), &fit.labels, self.cluster.params().silhouette_sample_size, ctx.seed).ok()
-        } else {
-            None
+        let silhouette = match searched_silhouette {
+            Some(silhouette) => silhouette,
+            None if k >= 2 => segflow_ml::kmeans::silhouette_score(x.view(), &fit.labels, self.cluster.params().silhouette_sample_size, ctx.seed).ok(),
+            None => None,
         };
+
+        phases.done("silhouette of the chosen k");
 
         // Profiles, ranks and labels, then ids: matched to the previous run's where possible.
         let profiles = profile::profiles(&profile::ProfileInput {
@@ -532,6 +539,7 @@ impl Stage for SegmentStage {
             files: vec![(MODEL_FILE.to_string(), model.to_json().map_err(fail)?), (model::ASSIGNMENTS_FILE.to_string(), assignments_file)],
         };
 
+        phases.done("profiles, ids and tables");
         let mut metrics = StageMetrics::new();
         metrics.insert("customers".into(), rows as i64);
         metrics.insert("segments".into(), k as i64);
