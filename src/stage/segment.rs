@@ -497,8 +497,9 @@ impl Stage for SegmentStage {
             }
         }
         evaluation.push(model_name, "all", "k", Keys::default(), Some(k as f64));
-        evaluation.push(model_name, "all", "inertia", Keys::k(k), Some(fit.inertia));
+        // A k search has recorded the chosen k's inertia and silhouette with the curve already.
         if choice.is_none() {
+            evaluation.push(model_name, "all", "inertia", Keys::k(k), Some(fit.inertia));
             evaluation.push(model_name, "all", "silhouette", Keys::k(k), silhouette);
         }
         if let Some(n) = fit.n_iter {
