@@ -694,8 +694,9 @@ impl Stage for CleanStage {
         }
         let fills = self.fill_values(session).await?;
         let classified_sql = self.classify_sql(&names, &fills).replace("{input}", &quote_ident(&self.input));
-        // Materialised once: the counts, the clean rows and the rejects all read it.
-        let classified = ctx.materialize("classified", session.sql(&classified_sql).await?).await?;
+        // Lazy: classifying is cheap next to writing every row twice (typed and as read), so
+        // the counts, the clean rows and the rejects each classify the input as they scan it.
+        let classified = session.sql(&classified_sql).await?;
         let classified_name = self.table(ctx, "classified");
         session.register_table(classified_name.as_str(), classified.into_view())?;
         let classified_q = quote_ident(&classified_name);
@@ -703,22 +704,27 @@ impl Stage for CleanStage {
         // Counted on the input itself, not on the classified rows, so the accounting below can
         // catch a classification that lost or repeated a row.
         let rows_in = count(session, &format!("SELECT COUNT(*) FROM {}", quote_ident(&self.input))).await?;
-        let rows_valid = count(session, &format!("SELECT COUNT(*) FROM {classified_q} WHERE __reject_reason IS NULL")).await?;
+        // One scan counts the valid rows (no reason) and the rejects by reason.
+        let mut rows_valid = 0;
         let mut metrics = StageMetrics::new();
         let mut reasons: Vec<(String, i64)> = Vec::new();
         let reason_batches = session
-            .sql(&format!("SELECT __reject_reason, COUNT(*) FROM {classified_q} WHERE __reject_reason IS NOT NULL GROUP BY 1 ORDER BY 1"))
+            .sql(&format!("SELECT __reject_reason, COUNT(*) FROM {classified_q} GROUP BY 1 ORDER BY 1 NULLS FIRST"))
             .await?
             .collect()
             .await?;
         for batch in &reason_batches {
             for row in 0..batch.num_rows() {
-                let reason = ScalarValue::try_from_array(batch.column(0), row)?.to_string();
+                let reason = ScalarValue::try_from_array(batch.column(0), row)?;
                 let n = match ScalarValue::try_from_array(batch.column(1), row)? {
                     ScalarValue::Int64(Some(n)) => n,
                     _ => 0,
                 };
-                reasons.push((reason, n));
+                if reason.is_null() {
+                    rows_valid = n;
+                } else {
+                    reasons.push((reason.to_string(), n));
+                }
             }
         }
         let rows_rejected: i64 = reasons.iter().map(|(_, n)| n).sum();
