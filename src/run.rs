@@ -279,8 +279,16 @@ async fn execute_stages(
             if result.name == format!("{}_{}", planned.name, evaluation::PART) {
                 evaluation_parts.push(result.name.clone());
             }
+            // A SQL stage's result is a lazy plan: every reader would run it again (a feature
+            // table is read by the model stages and written as a table). Read more than once,
+            // it is computed once, here, where its time and its errors belong.
+            let frame = if planned.kind == "sql" && readers(plan, &result.name) > 1 {
+                ctx.materialize(&result.name, result.frame).await.map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.message })?
+            } else {
+                result.frame
+            };
             session
-                .register_table(&result.name, result.frame.into_view())
+                .register_table(&result.name, frame.into_view())
                 .map_err(|e| RunError::Stage { stage: planned.name.clone(), message: e.to_string() })?;
         }
         artifacts.extend(output.artifacts);
@@ -380,6 +388,11 @@ fn mark_failed(plan: &Plan, summaries: &mut [StageSummary], stage: &str) {
             summary.status = "skipped";
         }
     }
+}
+
+/// How many stages and output tables read a stage result.
+fn readers(plan: &Plan, result: &str) -> usize {
+    plan.stages.iter().filter(|s| s.inputs.iter().any(|i| i == result)).count() + plan.outputs.iter().filter(|o| o.from == result).count()
 }
 
 /// The output's rows in a total order — the declared sort columns, then every other column —
