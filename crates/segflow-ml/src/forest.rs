@@ -22,6 +22,10 @@
 //! 5. Splits are stored as real thresholds (bin upper edges = midpoints between neighbouring
 //!    training values), so prediction needs only the raw features.
 //!
+//! Prediction (probabilities, OOB, contributions) does not walk the stored [`Tree`]s but a
+//! compact copy laid out for it, built when a prediction starts (`flat.rs` says why and how);
+//! the results are the same bit for bit.
+//!
 //! Semantics follow scikit-learn's `RandomForestClassifier`/`DecisionTreeClassifier` (Gini,
 //! `min_samples_*` counted in distinct rows, bootstrap draws as weights, `class_weight`,
 //! `predict_proba` as the mean of leaf class fractions, impurity importances, OOB). Differences:
@@ -38,6 +42,7 @@
 //! are not serialised (only `oob_accuracy` is).
 
 mod binning;
+mod flat;
 mod tree;
 
 #[cfg(test)]
@@ -51,8 +56,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 use binning::BinnedFeatures;
+use flat::FlatTree;
 use tree::{GrowSettings, TreeSample};
 pub use tree::{Node, Tree};
 
@@ -105,6 +112,13 @@ pub enum ForestError {
     InfiniteFeature { row: usize, feature: usize },
     #[error("the model was fitted on {expected} features but got {found}")]
     FeatureCountMismatch { expected: usize, found: usize },
+    /// A model whose trees were edited or loaded from elsewhere and cannot be walked.
+    #[error("tree {tree}, node {node} of the model is malformed: {problem}")]
+    MalformedTree {
+        tree: usize,
+        node: usize,
+        problem: &'static str,
+    },
 
     #[error(transparent)]
     Linfa(#[from] linfa::Error),
@@ -678,57 +692,81 @@ fn check_width(x: &ArrayView2<'_, f64>, expected: usize) -> Result<(), ForestErr
 /// Rows per rayon task in prediction; the result does not depend on it.
 const PREDICT_CHUNK_ROWS: usize = 256;
 
+/// The prediction layout of `trees` (see `flat.rs`), in tree order.
+fn flatten(trees: &[Tree], n_features: usize) -> Result<Vec<FlatTree>, ForestError> {
+    let flat: Vec<Result<FlatTree, ForestError>> = trees
+        .par_iter()
+        .enumerate()
+        .map(|(tree_index, tree)| FlatTree::new(tree, tree_index, n_features))
+        .collect();
+    // Sequentially, so the error reported is the first malformed tree's whatever the threads.
+    flat.into_iter().collect()
+}
+
+/// `x` as one row-major slice (row `r` is `r * ncols..(r + 1) * ncols`): borrowed when the view
+/// already is one, copied once otherwise. Tree walks then index plain slices instead of
+/// strided, bounds-checked row views.
+fn row_major<'a>(x: &ArrayView2<'a, f64>) -> Cow<'a, [f64]> {
+    match x.to_slice() {
+        Some(values) => Cow::Borrowed(values),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
 /// Mean positive-class leaf fraction over `trees`, for every row (trees summed in order).
-fn mean_positive_probability(trees: &[Tree], x: ArrayView2<'_, f64>) -> Array1<f64> {
+fn mean_positive_probability(trees: &[FlatTree], x: ArrayView2<'_, f64>) -> Array1<f64> {
+    let n_features = x.ncols();
+    let values = row_major(&x);
     let mut out = vec![0.0; x.nrows()];
     out.par_chunks_mut(PREDICT_CHUNK_ROWS)
         .enumerate()
         .for_each(|(chunk, out)| {
+            let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
             // Trees outer, rows inner: a tree's upper nodes stay in cache across the chunk. Each
             // row still sums its trees in tree order, so the result is the same bit for bit.
-            let first_row = chunk * PREDICT_CHUNK_ROWS;
             for tree in trees {
-                for (offset, sum) in out.iter_mut().enumerate() {
-                    let row = x.row(first_row + offset);
-                    *sum += tree.nodes[tree.leaf_index(|f| row[f])].class_fractions[POSITIVE_CLASS];
-                }
+                tree.add_leaf_values(rows, n_features, out);
             }
             out.iter_mut().for_each(|sum| *sum /= trees.len() as f64);
         });
     Array1::from(out)
 }
 
-fn contributions_of(trees: &[Tree], x: ArrayView2<'_, f64>) -> Contributions {
-    let n_features = x.ncols();
+fn contributions_of(trees: &[FlatTree], x: ArrayView2<'_, f64>) -> Contributions {
+    let (n_rows, n_features) = x.dim();
     let n_trees = trees.len() as f64;
     let bias = trees
         .iter()
-        .map(|t| t.nodes[0].class_fractions[POSITIVE_CLASS])
+        .map(FlatTree::root_positive_fraction)
         .sum::<f64>()
         / n_trees;
-    let mut flat = vec![0.0; x.nrows() * n_features];
+    if n_features == 0 {
+        // No feature, so no split to credit (and no row width to chunk by).
+        return Contributions {
+            bias,
+            per_feature: Array2::zeros((n_rows, 0)),
+        };
+    }
+    let values = row_major(&x);
+    let mut flat = vec![0.0; n_rows * n_features];
     flat.par_chunks_mut(PREDICT_CHUNK_ROWS * n_features)
         .enumerate()
         .for_each(|(chunk, out)| {
-            for (offset, out_row) in out.chunks_mut(n_features).enumerate() {
-                let row = x.row(chunk * PREDICT_CHUNK_ROWS + offset);
-                for tree in trees {
-                    let path = tree.path(|f| row[f]);
-                    for step in path.windows(2) {
-                        let parent = &tree.nodes[step[0]];
-                        let child = &tree.nodes[step[1]];
-                        // Every node on the path but the leaf has a split feature.
-                        if let Some(feature) = parent.split_feature {
-                            out_row[feature as usize] += child.class_fractions[POSITIVE_CLASS]
-                                - parent.class_fractions[POSITIVE_CLASS];
-                        }
-                    }
+            let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
+            // Trees outer, rows inner, as in `mean_positive_probability`: each row's entries
+            // still receive their additions in tree order, then path order.
+            for tree in trees {
+                for (offset, out_row) in out.chunks_mut(n_features).enumerate() {
+                    tree.add_path_contributions(
+                        &rows[offset * n_features..][..n_features],
+                        out_row,
+                    );
                 }
-                out_row.iter_mut().for_each(|v| *v /= n_trees);
             }
+            out.iter_mut().for_each(|v| *v /= n_trees);
         });
-    let per_feature = Array2::from_shape_vec((x.nrows(), n_features), flat)
-        .unwrap_or_else(|_| Array2::zeros((x.nrows(), n_features)));
+    let per_feature = Array2::from_shape_vec((n_rows, n_features), flat)
+        .unwrap_or_else(|_| Array2::zeros((n_rows, n_features)));
     Contributions { bias, per_feature }
 }
 
@@ -754,8 +792,10 @@ impl RandomForest {
             Some(fraction) => ((rows as f64 * fraction).round() as usize).max(1),
         });
         let grown = grow_trees(&data, &params.tree, params.n_trees, draws, params.seed);
+        let (trees, in_bag): (Vec<Tree>, Vec<Vec<bool>>) =
+            grown.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
         let (oob_accuracy, oob_probabilities) = if params.oob_score {
-            let oob = oob_estimate(&grown, x, labels);
+            let oob = oob_estimate(&flatten(&trees, x.ncols())?, &in_bag, x, labels);
             // No row scored (too few trees) leaves the accuracy undefined: None, not NaN.
             (
                 Some(oob.accuracy).filter(|a| !a.is_nan()),
@@ -764,7 +804,6 @@ impl RandomForest {
         } else {
             (None, None)
         };
-        let trees: Vec<Tree> = grown.into_iter().map(|g| g.tree).collect();
         Ok(RandomForest {
             n_features: x.ncols(),
             n_classes: BINARY_CLASSES,
@@ -778,7 +817,10 @@ impl RandomForest {
     /// Positive-class probability per row: mean over trees of the leaf's class-1 fraction.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(mean_positive_probability(&self.trees, x))
+        Ok(mean_positive_probability(
+            &flatten(&self.trees, self.n_features)?,
+            x,
+        ))
     }
 
     /// 0/1 per row (1 when the probability is above 0.5). Named apart from linfa's
@@ -790,7 +832,7 @@ impl RandomForest {
     /// Saabas contributions per row and feature (see [`Contributions`]).
     pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(contributions_of(&self.trees, x))
+        Ok(contributions_of(&flatten(&self.trees, self.n_features)?, x))
     }
 
     /// The OOB estimate, when the forest was fitted with `oob_score` in this process.
@@ -802,20 +844,38 @@ impl RandomForest {
     }
 }
 
-fn oob_estimate(grown: &[GrownTree], x: ArrayView2<'_, f64>, labels: &[usize]) -> OobEstimate {
-    let probabilities: Vec<Option<f64>> = (0..x.nrows())
-        .into_par_iter()
-        .with_min_len(PREDICT_CHUNK_ROWS)
-        .map(|row_index| {
-            let row = x.row(row_index);
-            let mut sum = 0.0;
-            let mut n = 0usize;
-            for g in grown.iter().filter(|g| !g.in_bag[row_index]) {
-                sum += g.tree.nodes[g.tree.leaf_index(|f| row[f])].class_fractions[POSITIVE_CLASS];
-                n += 1;
+/// OOB estimate from `trees` (flattened, in tree order) and `in_bag[tree][row]`.
+fn oob_estimate(
+    trees: &[FlatTree],
+    in_bag: &[Vec<bool>],
+    x: ArrayView2<'_, f64>,
+    labels: &[usize],
+) -> OobEstimate {
+    let n_features = x.ncols();
+    let values = row_major(&x);
+    let mut sums = vec![0.0; x.nrows()];
+    let mut counts = vec![0usize; x.nrows()];
+    sums.par_chunks_mut(PREDICT_CHUNK_ROWS)
+        .zip(counts.par_chunks_mut(PREDICT_CHUNK_ROWS))
+        .enumerate()
+        .for_each(|(chunk, (sums, counts))| {
+            let first_row = chunk * PREDICT_CHUNK_ROWS;
+            let rows = &values[first_row * n_features..];
+            // Trees outer, rows inner; each row sums its out-of-bag trees in tree order.
+            for (tree, in_bag) in trees.iter().zip(in_bag) {
+                let in_bag = &in_bag[first_row..first_row + sums.len()];
+                for (offset, (sum, count)) in sums.iter_mut().zip(counts.iter_mut()).enumerate() {
+                    if !in_bag[offset] {
+                        *sum += tree.leaf_value(&rows[offset * n_features..][..n_features]);
+                        *count += 1;
+                    }
+                }
             }
-            (n > 0).then(|| sum / n as f64)
-        })
+        });
+    let probabilities: Vec<Option<f64>> = sums
+        .iter()
+        .zip(&counts)
+        .map(|(&sum, &n)| (n > 0).then(|| sum / n as f64))
         .collect();
     let scored: Vec<(usize, f64)> = probabilities
         .iter()
@@ -861,7 +921,7 @@ impl DecisionTree {
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
         check_width(&x, self.n_features)?;
         Ok(mean_positive_probability(
-            std::slice::from_ref(&self.tree),
+            &flatten(std::slice::from_ref(&self.tree), self.n_features)?,
             x,
         ))
     }
@@ -872,7 +932,10 @@ impl DecisionTree {
 
     pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(contributions_of(std::slice::from_ref(&self.tree), x))
+        Ok(contributions_of(
+            &flatten(std::slice::from_ref(&self.tree), self.n_features)?,
+            x,
+        ))
     }
 }
 

@@ -470,3 +470,266 @@ fn bad_training_data_is_refused_with_a_clear_error() -> TestResult {
     ));
     Ok(())
 }
+
+// --- prediction layout: the same bits as walking the stored trees ---------------------------
+
+/// The plain reading of a stored tree, independent of the prediction layout: the indices of the
+/// nodes on `row`'s path, root first, leaf last (`x <= threshold` goes left, so NaN goes right).
+fn reference_path(tree: &Tree, row: ndarray::ArrayView1<'_, f64>) -> Vec<usize> {
+    let mut path = vec![0];
+    let mut index = 0;
+    while let Some(feature) = tree.nodes[index].split_feature {
+        let node = &tree.nodes[index];
+        index = if row[feature as usize] <= node.threshold {
+            node.left_child as usize
+        } else {
+            node.right_child as usize
+        };
+        path.push(index);
+    }
+    path
+}
+
+fn positive_fraction(tree: &Tree, node: usize) -> f64 {
+    tree.nodes[node].class_fractions[1]
+}
+
+/// Per row: the trees' leaf fractions summed in tree order, then divided by the tree count.
+fn reference_probabilities(trees: &[Tree], x: &Array2<f64>) -> Vec<f64> {
+    x.rows()
+        .into_iter()
+        .map(|row| {
+            let mut sum = 0.0;
+            for tree in trees {
+                let leaf = *reference_path(tree, row).last().unwrap_or(&0);
+                sum += positive_fraction(tree, leaf);
+            }
+            sum / trees.len() as f64
+        })
+        .collect()
+}
+
+/// Saabas contributions: per row, tree by tree, each path step adds child minus parent to the
+/// parent's split feature; then every entry is divided by the tree count.
+fn reference_contributions(trees: &[Tree], x: &Array2<f64>) -> (f64, Array2<f64>) {
+    let n_trees = trees.len() as f64;
+    let bias = trees.iter().map(|t| positive_fraction(t, 0)).sum::<f64>() / n_trees;
+    let mut per_feature = Array2::zeros(x.dim());
+    for (row, mut out) in x.rows().into_iter().zip(per_feature.rows_mut()) {
+        for tree in trees {
+            for step in reference_path(tree, row).windows(2) {
+                if let Some(feature) = tree.nodes[step[0]].split_feature {
+                    out[feature as usize] +=
+                        positive_fraction(tree, step[1]) - positive_fraction(tree, step[0]);
+                }
+            }
+        }
+        out.mapv_inplace(|v| v / n_trees);
+    }
+    (bias, per_feature)
+}
+
+/// Asserts `actual` and `expected` hold the same floats bit for bit, naming the first
+/// difference instead of printing both vectors.
+fn assert_same_bits<'a>(
+    actual: impl IntoIterator<Item = &'a f64>,
+    expected: impl IntoIterator<Item = &'a f64>,
+    what: &str,
+) {
+    let actual: Vec<f64> = actual.into_iter().copied().collect();
+    let expected: Vec<f64> = expected.into_iter().copied().collect();
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths");
+    let differing: Vec<usize> = (0..actual.len())
+        .filter(|&i| actual[i].to_bits() != expected[i].to_bits())
+        .collect();
+    if let Some(&first) = differing.first() {
+        panic!(
+            "{what}: {} of {} values differ; first at {first}: {:e} instead of {:e}",
+            differing.len(),
+            actual.len(),
+            actual[first],
+            expected[first]
+        );
+    }
+}
+
+/// `planted` with a tenth of the values of features 0 and 2 missing, and one row all missing.
+fn planted_with_missing(rows: usize, n_features: usize, seed: u64) -> (Array2<f64>, Vec<usize>) {
+    let (mut x, labels) = planted(rows, n_features, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    for mut row in x.rows_mut() {
+        for feature in [0, 2] {
+            if rng.random::<f64>() < 0.1 {
+                row[feature] = f64::NAN;
+            }
+        }
+    }
+    x.row_mut(rows / 2).fill(f64::NAN);
+    (x, labels)
+}
+
+/// Asserts that `model` (and its serde_json round trip) predicts the reference walk's bits on
+/// `x`, both row-major and as a column-major copy (which prediction must lay out itself).
+fn assert_forest_matches_reference(model: &RandomForest, x: &Array2<f64>) -> TestResult {
+    let loaded: RandomForest = serde_json::from_str(&serde_json::to_string(model)?)?;
+    assert_eq!(
+        loaded.trees, model.trees,
+        "the JSON round trip keeps every node"
+    );
+    let column_major = x.t().as_standard_layout().reversed_axes().to_owned();
+    assert!(!column_major.is_standard_layout());
+    let expected_probabilities = reference_probabilities(&model.trees, x);
+    let (bias, per_feature) = reference_contributions(&model.trees, x);
+    for candidate in [model, &loaded] {
+        for view in [x.view(), column_major.view()] {
+            assert_same_bits(
+                &candidate.predict_proba(view)?,
+                &expected_probabilities,
+                "probabilities",
+            );
+            let contributions = candidate.contributions(view)?;
+            assert_same_bits(&[contributions.bias], &[bias], "bias");
+            assert_same_bits(&contributions.per_feature, &per_feature, "contributions");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn forest_predictions_equal_a_plain_walk_of_the_stored_trees_bit_for_bit() -> TestResult {
+    let (x, y) = planted_with_missing(2000, 6, 11);
+    let (x_test, _) = planted_with_missing(700, 6, 12);
+    assert!(x_test.iter().any(|v| v.is_nan()));
+    let params = ForestParams::new().n_trees(12).oob_score(true).seed(3);
+    let model = forest(params.clone(), &x, &y)?;
+    assert_forest_matches_reference(&model, &x_test)?;
+    // Shallow trees too: many rows share a leaf.
+    let shallow = forest(params.clone().max_depth(Some(3)), &x, &y)?;
+    assert_forest_matches_reference(&shallow, &x_test)?;
+
+    // OOB: the same trees grown again with their in-bag masks, and each row's out-of-bag trees
+    // summed in tree order.
+    let checked = params.check()?;
+    let data = check_data(x.view(), &y, None)?;
+    let grown = grow_trees(&data, &checked.tree, 12, Some(x.nrows()), 3);
+    let grown_trees: Vec<Tree> = grown.iter().map(|g| g.tree.clone()).collect();
+    assert_eq!(grown_trees, model.trees);
+    let expected_oob: Vec<Option<u64>> = x
+        .rows()
+        .into_iter()
+        .enumerate()
+        .map(|(row_index, row)| {
+            let mut sum = 0.0;
+            let mut n = 0;
+            for g in grown.iter().filter(|g| !g.in_bag[row_index]) {
+                let leaf = *reference_path(&g.tree, row).last().unwrap_or(&0);
+                sum += positive_fraction(&g.tree, leaf);
+                n += 1;
+            }
+            (n > 0).then(|| (sum / n as f64).to_bits())
+        })
+        .collect();
+    let oob = model.oob().ok_or("oob requested")?;
+    let oob_bits: Vec<Option<u64>> = oob
+        .probabilities
+        .iter()
+        .map(|p| p.map(f64::to_bits))
+        .collect();
+    assert_eq!(oob_bits, expected_oob);
+    Ok(())
+}
+
+#[test]
+fn tree_predictions_equal_a_plain_walk_of_the_stored_tree_bit_for_bit() -> TestResult {
+    let (x, y) = planted_with_missing(1500, 5, 13);
+    let (x_test, _) = planted_with_missing(500, 5, 14);
+    let model = single_tree(DecisionTreeParams::new(), &x, &y)?;
+    let loaded: DecisionTree = serde_json::from_str(&serde_json::to_string(&model)?)?;
+    let trees = std::slice::from_ref(&model.tree);
+    let (bias, per_feature) = reference_contributions(trees, &x_test);
+    for candidate in [&model, &loaded] {
+        assert_same_bits(
+            &candidate.predict_proba(x_test.view())?,
+            &reference_probabilities(trees, &x_test),
+            "probabilities",
+        );
+        let contributions = candidate.contributions(x_test.view())?;
+        assert_same_bits(&[contributions.bias], &[bias], "bias");
+        assert_same_bits(&contributions.per_feature, &per_feature, "contributions");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_tree_that_cannot_be_walked_is_refused_not_followed() -> TestResult {
+    let (x, y) = planted(300, 3, 15);
+    let model = forest(ForestParams::new().n_trees(3).max_depth(Some(4)), &x, &y)?;
+    let split = model.trees[1]
+        .nodes
+        .iter()
+        .position(|n| n.split_feature.is_some())
+        .ok_or("the tree splits")?;
+    let broken = |edit: &dyn Fn(&mut Node)| {
+        let mut model = model.clone();
+        edit(&mut model.trees[1].nodes[split]);
+        model.predict_proba(x.view()).err()
+    };
+    let problem = |error: Option<ForestError>| match error {
+        Some(ForestError::MalformedTree {
+            tree: 1, problem, ..
+        }) => problem,
+        other => panic!("expected a malformed tree 1, got {other:?}"),
+    };
+    assert_eq!(
+        problem(broken(&|n| n.left_child = 10_000)),
+        "a child index points outside the tree"
+    );
+    assert_eq!(
+        problem(broken(&|n| n.right_child = 0)),
+        "the node is reached twice"
+    );
+    assert_eq!(
+        problem(broken(&|n| n.split_feature = Some(3))),
+        "the split feature is not a model feature"
+    );
+    assert_eq!(
+        problem(broken(&|n| n.class_fractions = vec![1.0])),
+        "the node has no positive-class fraction"
+    );
+    let mut empty = model.clone();
+    empty.trees[1].nodes.clear();
+    assert_eq!(
+        problem(empty.contributions(x.view()).err()),
+        "the tree has no nodes"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResult {
+    let leaf = Node {
+        split_feature: None,
+        threshold: 0.0,
+        left_child: 0,
+        right_child: 0,
+        class_fractions: vec![0.75, 0.25],
+        n_rows: 4,
+        weighted_n_rows: 4.0,
+        impurity: 0.375,
+    };
+    let model = RandomForest {
+        n_features: 0,
+        n_classes: 2,
+        trees: vec![Tree { nodes: vec![leaf] }],
+        feature_importances: Vec::new(),
+        oob_accuracy: None,
+        oob_probabilities: None,
+    };
+    // More rows than walk in lockstep, none of them with a value to read.
+    let x = Array2::<f64>::zeros((20, 0));
+    assert_eq!(model.predict_proba(x.view())?.to_vec(), vec![0.25; 20]);
+    let contributions = model.contributions(x.view())?;
+    assert_eq!(contributions.bias, 0.25);
+    assert_eq!(contributions.per_feature.dim(), (20, 0));
+    Ok(())
+}

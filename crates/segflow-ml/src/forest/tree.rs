@@ -1,5 +1,5 @@
-//! One histogram CART tree: growth on binned features, and the stored tree that predicts on raw
-//! features.
+//! One histogram CART tree: growth on binned features, and the stored tree (the saved-model
+//! format; prediction walks its compact copy, `flat.rs`).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -37,40 +37,6 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Index of the leaf that `row` (raw feature values) falls into.
-    pub(super) fn leaf_index(&self, row: impl Fn(usize) -> f64) -> usize {
-        let mut index = 0;
-        loop {
-            let node = &self.nodes[index];
-            match node.split_feature {
-                None => return index,
-                Some(feature) => {
-                    index = if row(feature as usize) <= node.threshold {
-                        node.left_child as usize
-                    } else {
-                        node.right_child as usize
-                    };
-                }
-            }
-        }
-    }
-
-    /// Indices of the nodes on `row`'s path, root first, leaf last.
-    pub(super) fn path(&self, row: impl Fn(usize) -> f64) -> Vec<usize> {
-        let mut path = vec![0];
-        let mut index = 0;
-        while let Some(feature) = self.nodes[index].split_feature {
-            let node = &self.nodes[index];
-            index = if row(feature as usize) <= node.threshold {
-                node.left_child as usize
-            } else {
-                node.right_child as usize
-            };
-            path.push(index);
-        }
-        path
-    }
-
     /// Unnormalised impurity decrease per feature (scikit-learn's
     /// `compute_feature_importances` before the final normalisation).
     pub(super) fn impurity_decrease_per_feature(&self, n_features: usize) -> Vec<f64> {
