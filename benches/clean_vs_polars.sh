@@ -27,33 +27,8 @@ command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -
 if [ ! -d "$work/data/transactions" ]; then
     "$SEGFLOW_BIN" demo-data "$work/data" --customers "$customers" --seed 7 2>/dev/null
 fi
-cat > "$work/clean.yaml" <<YAML
-name: clean_bench
-output_root: out
-inputs:
-  raw_transactions: { path: data/transactions }
-stages:
-  - name: transactions
-    kind: clean
-    inputs: [raw_transactions]
-    columns:
-      invoice: { type: string, nulls: reject }
-      customer_id: { type: int64, nulls: reject }
-      invoice_ts: { type: timestamp, nulls: reject }
-      quantity: { type: int64, nulls: reject }
-      unit_price: { type: float64, nulls: reject }
-      category: { type: string, nulls: { fill: unknown } }
-    rules:
-      nonzero_quantity: quantity <> 0
-      positive_price: unit_price > 0
-      cancellation_is_negative: NOT starts_with(invoice, 'C') OR quantity < 0
-    dedup:
-      exact: true
-outputs:
-  transactions: { partition_by: none }
-  rejects: { from: transactions_rejects, partition_by: none }
-  data_quality: { from: transactions_data_quality, partition_by: none }
-YAML
+# The same stage the criterion bench runs (benches/engine/benches/clean_dedup.rs).
+cp "$here/clean_bench.yaml" "$work/clean.yaml"
 
 measure() { # label, command...
     local label=$1; shift

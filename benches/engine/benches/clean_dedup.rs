@@ -9,84 +9,25 @@
 //! is one `run::execute` with a fresh run id: cast and null checks, three rules, exact dedup,
 //! and the clean, rejects and data-quality tables written and committed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 
-use segflow::demo_data::{self, DemoOptions};
 use segflow::engine::EngineOptions;
 use segflow::plan::{self, PlanOptions};
 use segflow::run;
+use segflow_engine_benches::{CUSTOMERS, SEED, WorkDir, demo_shop, runtime};
 
-const SEED: u64 = 7;
-/// About 37 lines per customer: ≈ 1.04M lines.
-const CUSTOMERS: usize = 28_000;
-
-const PIPELINE: &str = "\
-name: clean_bench
-output_root: out
-inputs:
-  raw_transactions: { path: data/transactions }
-stages:
-  - name: transactions
-    kind: clean
-    inputs: [raw_transactions]
-    columns:
-      invoice: { type: string, nulls: reject }
-      customer_id: { type: int64, nulls: reject }
-      invoice_ts: { type: timestamp, nulls: reject }
-      quantity: { type: int64, nulls: reject }
-      unit_price: { type: float64, nulls: reject }
-      category: { type: string, nulls: { fill: unknown } }
-    rules:
-      nonzero_quantity: quantity <> 0
-      positive_price: unit_price > 0
-      cancellation_is_negative: NOT starts_with(invoice, 'C') OR quantity < 0
-    dedup:
-      exact: true
-outputs:
-  transactions: { partition_by: none }
-  rejects: { from: transactions_rejects, partition_by: none }
-  data_quality: { from: transactions_data_quality, partition_by: none }
-";
-
-/// A temporary folder, removed when the benchmark ends.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(name: &str) -> WorkDir {
-        let dir = std::env::temp_dir().join(format!("segflow-bench-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the work folder");
-        WorkDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// The stage of benches/clean_vs_polars.sh, whose polars side does the same.
+const PIPELINE: &str = include_str!("../../clean_bench.yaml");
 
 fn clean_dedup(c: &mut Criterion, work: &Path) {
-    let options = DemoOptions {
-        customers: CUSTOMERS,
-        seed: SEED,
-        ..DemoOptions::default()
-    };
-    let demo = demo_data::generate(&work.join("data"), &options).expect("generate demo data");
-    let lines = demo.transactions;
+    let (_, lines) = demo_shop(work);
     let pipeline = work.join("clean.yaml");
     std::fs::write(&pipeline, PIPELINE).expect("write the pipeline");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = runtime();
     let engine_options = EngineOptions::default();
     let plan_options = PlanOptions {
         run_date: segflow::vars::parse_date("2025-01-31").expect("a date"),

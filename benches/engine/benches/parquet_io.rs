@@ -10,7 +10,7 @@
 //!
 //! The data are generated in a temporary folder that is removed afterwards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -19,37 +19,13 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use segflow::demo_data::{self, DemoOptions};
 use segflow::engine::{self, EngineOptions, InputLocation};
+use segflow_engine_benches::{WorkDir, demo_shop, runtime};
 
-const SEED: u64 = 7;
-/// About 37 lines per customer: ≈ 1.04M lines, of which the first 1M (in a fixed order) are
-/// written and read.
-const CUSTOMERS: usize = 28_000;
+/// The first 1M of the demo shop's ≈ 1.04M lines (in a fixed order) are written and read.
 const ROWS: usize = 1_000_000;
 /// DataFusion's batch size, so the reader hands out what a scan would.
 const READ_BATCH_ROWS: usize = 8192;
-
-/// A temporary folder, removed when the benchmark ends.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(name: &str) -> WorkDir {
-        let dir = std::env::temp_dir().join(format!("segflow-bench-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the work folder");
-        WorkDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn write_parquet(batches: &[RecordBatch]) -> Vec<u8> {
     let schema = batches[0].schema();
@@ -73,22 +49,13 @@ fn read_parquet(bytes: &Bytes) -> usize {
 }
 
 fn parquet_io(c: &mut Criterion, work: &Path) {
-    let options = DemoOptions {
-        customers: CUSTOMERS,
-        seed: SEED,
-        ..DemoOptions::default()
-    };
-    let data = work.join("data");
-    let demo = demo_data::generate(&data, &options).expect("generate demo data");
+    let (data, lines) = demo_shop(work);
     let transactions = data.join("transactions");
     let years = std::fs::read_dir(&transactions)
         .expect("list the year folders")
         .count();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = runtime();
     let ctx = engine::session(&EngineOptions::default()).expect("session");
     let location = InputLocation::resolve(&transactions).expect("the transactions folder");
     runtime
@@ -111,7 +78,7 @@ fn parquet_io(c: &mut Criterion, work: &Path) {
         "parquet_io: {rows} rows x {columns} columns, {} bytes as Parquet (zstd 3); \
          the folder holds {} lines in {years} year partitions",
         encoded.len(),
-        demo.transactions
+        lines
     );
 
     let mut group = c.benchmark_group("parquet_io");
@@ -126,10 +93,10 @@ fn parquet_io(c: &mut Criterion, work: &Path) {
         b.iter(|| read_parquet(&encoded))
     });
 
-    group.throughput(Throughput::Elements(demo.transactions as u64));
+    group.throughput(Throughput::Elements(lines as u64));
     let scan = format!(
         "{:.2}M_lines_{years}_year_partitions",
-        demo.transactions as f64 / 1e6
+        lines as f64 / 1e6
     );
     group.bench_function(BenchmarkId::new("datafusion_scan_hive", scan), |b| {
         b.iter(|| {
