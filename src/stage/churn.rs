@@ -58,8 +58,6 @@ use datafusion::functions_aggregate::expr_fn::{avg, count, sum};
 use datafusion::logical_expr::{cast, ident, lit};
 use datafusion::prelude::JoinType;
 use ndarray::{Array2, ArrayView2, Axis};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use segflow_ml::forest::{ClassWeight, DecisionTree, DecisionTreeParams, ForestParams, MaxFeatures, RandomForest};
@@ -772,7 +770,8 @@ impl Stage for ChurnStage {
         }
         evaluate::importances(&mut evaluation, FOREST, "train", "impurity_importance", &prepared_names, &forest.feature_importances, None);
         if !split.test.is_empty() {
-            let rows = permutation_sample(y_test.len(), self.permutation_rows, ctx.seed);
+            // A stream of its own: the permutation sample does not follow the split's draws.
+            let rows = split::sample_rows(y_test.len(), self.permutation_rows, ctx.seed ^ 0x7065_726d_7574_6521);
             let (x_permuted, y_permuted) = (x_test.select(Axis(0), &rows), rows.iter().map(|&r| y_test[r]).collect::<Vec<_>>());
             let (means, stds) = grouped_permutation_importance(&forest_predict, x_permuted.view(), &y_permuted, &model::feature_groups(&preparation), self.features.len(), self.permutation_repeats, ctx.seed);
             evaluation.push(FOREST, "test", "permutation_customers", Keys::default(), Some(rows.len() as f64));
@@ -985,18 +984,6 @@ fn out_of_fold(x: ArrayView2<'_, f64>, y: &[usize], seed: u64, fit_predict: &dyn
 /// Permutation importance per declared feature: a one-hot feature's columns are shuffled
 /// together (shuffling one level's column alone would make impossible rows). The shuffled
 /// matrix holds, per feature, the index of the row whose values that feature takes.
-/// The test rows permutation importance is computed on: all of them up to `max_rows`, else a
-/// seeded sample, in row order.
-fn permutation_sample(rows: usize, max_rows: usize, seed: u64) -> Vec<usize> {
-    if rows <= max_rows {
-        return (0..rows).collect();
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7065_726d_7574_6521);
-    let mut sample = rand::seq::index::sample(&mut rng, rows, max_rows).into_vec();
-    sample.sort_unstable();
-    sample
-}
-
 fn grouped_permutation_importance(predict: &(dyn Fn(ArrayView2<'_, f64>) -> Vec<f64> + Sync), x: ArrayView2<'_, f64>, y: &[usize], groups: &[usize], n_features: usize, repeats: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let rows = x.nrows();
     let sources = Array2::from_shape_fn((rows, n_features), |(r, _)| r as f64);

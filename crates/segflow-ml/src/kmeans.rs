@@ -1558,21 +1558,11 @@ pub fn silhouette_score(
     if let Some(err) = first_non_finite(&rows, n_features) {
         return Err(err);
     }
-    let sample = silhouette_sample(n_rows, sample_size, seed);
+    // All rows up to `sample_size`, else a seeded sample.
+    let sample = crate::split::sample_rows(n_rows, sample_size, seed);
     let sampled_rows = gather_rows(&rows, n_features, &sample);
     let sampled_labels: Vec<usize> = sample.iter().map(|&i| labels[i]).collect();
     exact_silhouette(&sampled_rows, n_features, &sampled_labels)
-}
-
-/// The rows scored: all of them up to `sample_size`, else a seeded sample, in row order.
-fn silhouette_sample(n_rows: usize, sample_size: usize, seed: u64) -> Vec<usize> {
-    if n_rows <= sample_size {
-        return (0..n_rows).collect();
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut sample = rand::seq::index::sample(&mut rng, n_rows, sample_size).into_vec();
-    sample.sort_unstable();
-    sample
 }
 
 fn exact_silhouette(rows: &[f64], d: usize, labels: &[usize]) -> Result<f64, KMeansError> {
@@ -1917,6 +1907,15 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
+    /// Two fits that must be the same run: labels, centroids and inertia bit for bit, and the
+    /// same iterations.
+    fn assert_same_fit(a: &KMeansFit, b: &KMeansFit) {
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(bits(&a.centroids), bits(&b.centroids));
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+        assert_eq!((a.n_iter, a.converged), (b.n_iter, b.converged));
+    }
+
     /// Each true group is one cluster and each cluster one true group.
     fn is_same_partition(a: &[usize], b: &[usize]) -> bool {
         let mut a_to_b = std::collections::HashMap::new();
@@ -1952,10 +1951,7 @@ mod tests {
         };
         let (one, one_silhouette) = run(1)?;
         let (two, two_silhouette) = run(2)?;
-        assert_eq!(one.labels, two.labels);
-        assert_eq!(bits(&one.centroids), bits(&two.centroids));
-        assert_eq!(one.inertia.to_bits(), two.inertia.to_bits());
-        assert_eq!(one.n_iter, two.n_iter);
+        assert_same_fit(&one, &two);
         assert_eq!(one_silhouette.to_bits(), two_silhouette.to_bits());
         Ok(())
     }
@@ -2482,7 +2478,7 @@ mod tests {
         let (x, truth) = blobs(&[&[0.0, 0.0], &[3.0, 0.0]], 40, 2.0, 10);
         let sampled = silhouette_score(x.view(), &truth, 30, 5)?;
         // It is the exact silhouette of the sampled rows...
-        let rows = silhouette_sample(x.nrows(), 30, 5);
+        let rows = crate::split::sample_rows(x.nrows(), 30, 5);
         assert_eq!(rows.len(), 30);
         let sub = x.select(ndarray::Axis(0), &rows);
         let sub_labels: Vec<usize> = rows.iter().map(|&i| truth[i]).collect();
@@ -2664,10 +2660,7 @@ mod tests {
         // Stopped early (labels recomputed at the end) and run to convergence.
         for max_iter in [3, 300] {
             let (one, two) = (run(1, max_iter)?, run(2, max_iter)?);
-            assert_eq!(one.labels, two.labels);
-            assert_eq!(bits(&one.centroids), bits(&two.centroids));
-            assert_eq!(one.inertia.to_bits(), two.inertia.to_bits());
-            assert_eq!((one.n_iter, one.converged), (two.n_iter, two.converged));
+            assert_same_fit(&one, &two);
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Seeded, reproducible train/test splits: stratified hold-out, stratified k-fold, and a split
-//! on time.
+//! on time; and seeded row samples ([`sample_rows`]).
 //!
 //! A [`Split`] holds row indices (into the `labels` or `times` passed in), each side sorted
 //! ascending, so a split is a plain, comparable value that can be written to a report.
@@ -186,6 +186,19 @@ pub fn stratified_k_fold(labels: &[usize], k: usize, seed: u64) -> Result<Vec<Sp
 pub fn time_split(times: &[i64], cutoff: i64) -> Split {
     let (train, test) = (0..times.len()).partition(|&row| times[row] < cutoff);
     Split { train, test }
+}
+
+
+/// The rows a bounded computation looks at: all `rows` up to `max_rows`, else `max_rows` of
+/// them drawn without replacement by `ChaCha8Rng::seed_from_u64(seed)`, in row order.
+pub fn sample_rows(rows: usize, max_rows: usize, seed: u64) -> Vec<usize> {
+    if rows <= max_rows {
+        return (0..rows).collect();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut sample = rand::seq::index::sample(&mut rng, rows, max_rows).into_vec();
+    sample.sort_unstable();
+    sample
 }
 
 #[cfg(test)]
