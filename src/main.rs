@@ -73,6 +73,12 @@ fn init_logging(format: LogFormat, verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,segflow={level}")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| segflow::progress::LogWriter).with_target(false);
     let terminal = std::io::stderr().is_terminal();
+    // Ballista's records: warnings by default like the engine's own, everything SEGFLOW_LOG
+    // asks for (`SEGFLOW_LOG=warn,segflow=info,ballista=info`) when it is set.
+    let forwarded = if std::env::var_os("SEGFLOW_LOG").is_some() { log::LevelFilter::Trace } else { log::LevelFilter::Warn };
+    if log::set_logger(&LogToTracing).is_ok() {
+        log::set_max_level(forwarded);
+    }
     match format {
         LogFormat::Json => builder.json().init(),
         // Colour and a progress bar only on a terminal: an Airflow task log gets plain lines.
@@ -81,4 +87,40 @@ fn init_logging(format: LogFormat, verbose: u8) {
             builder.with_ansi(terminal).init()
         }
     }
+}
+
+/// Ballista logs through the `log` crate, segflow and DataFusion through `tracing`: this sends
+/// `log`'s records to the same subscriber, so they read like every other line of the run.
+/// tracing's macros need a target known at compile time, so the record's own target (a module
+/// path) becomes a field and the target is the crate family: `ballista`, `datafusion` or `log`.
+struct LogToTracing;
+
+impl log::Log for LogToTracing {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        macro_rules! forward {
+            ($target:literal) => {
+                match record.level() {
+                    log::Level::Error => tracing::error!(target: $target, module = record.target(), "{}", record.args()),
+                    log::Level::Warn => tracing::warn!(target: $target, module = record.target(), "{}", record.args()),
+                    log::Level::Info => tracing::info!(target: $target, module = record.target(), "{}", record.args()),
+                    log::Level::Debug => tracing::debug!(target: $target, module = record.target(), "{}", record.args()),
+                    log::Level::Trace => tracing::trace!(target: $target, module = record.target(), "{}", record.args()),
+                }
+            };
+        }
+        let module = record.target();
+        if module.starts_with("ballista") {
+            forward!("ballista")
+        } else if module.starts_with("datafusion") {
+            forward!("datafusion")
+        } else {
+            forward!("log")
+        }
+    }
+
+    fn flush(&self) {}
 }

@@ -122,6 +122,7 @@ pub async fn run_session(options: &EngineOptions) -> Result<SessionContext, Data
 }
 
 fn session_state(options: &EngineOptions) -> Result<datafusion::execution::session_state::SessionState, DataFusionError> {
+    use ballista::prelude::SessionConfigExt;
     let mut config = SessionConfig::new()
         .with_target_partitions(options.threads.max(1))
         .with_information_schema(true);
@@ -134,6 +135,11 @@ fn session_state(options: &EngineOptions) -> Result<datafusion::execution::sessi
         .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
         .with_disk_manager_builder(disk)
         .build_arc()?;
+    // Ballista 55's adaptive planner (its default) loses a job whose executor dies mid-run:
+    // it rolls the stages back, then ignores the re-run tasks' status ("stage is not in
+    // running") and the job never finishes (tests/ballista/loopback_cluster.sh). The static
+    // distributed planner re-runs the lost tasks and the job completes.
+    let config = config.upgrade_for_ballista().with_ballista_adaptive_query_planner(false);
     Ok(SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build())
 }
 

@@ -1,5 +1,6 @@
 //! A fresh folder per test, the real binary, and small Parquet fixtures the tests write.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -106,6 +107,44 @@ pub fn segflow_in(dir: &Path, args: &[&str]) -> Ran {
         .output()
         .expect("segflow runs")
         .into()
+}
+
+/// [`segflow_in`] with a time limit: `None` when the command was still running after `limit`
+/// (it is killed then), so a hang fails its test instead of stalling the whole suite.
+pub fn segflow_in_within(dir: &Path, args: &[&str], limit: std::time::Duration) -> Option<Ran> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segflow"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SEGFLOW_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("segflow starts");
+    // Both pipes are drained while the command runs: a full pipe would stall it.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("segflow can be waited for") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().expect("stdout read"), stderr.join().expect("stderr read"));
+    status.map(|status| Ran { code: status.code().unwrap_or(-1), stdout, stderr })
 }
 
 /// The repository's own folder (pipelines/, sql/, data/).
