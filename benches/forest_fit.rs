@@ -4,7 +4,8 @@
 //! Usage: `cargo bench -p segflow-ml --bench forest_fit -- --data DIR --model forest|tree [--trees N]`
 //! (or `SEGFLOW_BENCH_DATA=DIR`). DIR holds `shape.txt` ("n_train n_test n_features"),
 //! `train_x.f64`, `test_x.f64` (row-major little-endian f64) and `train_y.u8`, `test_y.u8`.
-//! Prints `key=value` lines: fit_seconds, predict_seconds, test_auc, n_nodes.
+//! Prints `key=value` lines: fit_seconds, predict_seconds, test_auc, n_nodes, tree_bytes (what
+//! the fitted trees hold on the heap).
 //!
 //! Prediction-heavy shapes (the churn stage's permutation importance and scoring) take:
 //! `--train-rows N` and `--test-rows N` (use the first N rows of each file),
@@ -158,7 +159,7 @@ fn main() -> BenchResult<()> {
     let mut contributions_bits = FNV_OFFSET;
 
     let start = Instant::now();
-    let (probabilities, predict_seconds, n_nodes, fit_seconds) = match model.as_str() {
+    let (probabilities, predict_seconds, n_nodes, tree_bytes, fit_seconds) = match model.as_str() {
         "forest" => {
             let params = ForestParams::new()
                 .n_trees(n_trees)
@@ -187,8 +188,9 @@ fn main() -> BenchResult<()> {
                     std::iter::once(&contributions.bias).chain(&contributions.per_feature),
                 );
             }
-            let nodes: usize = forest.trees.iter().map(|t| t.nodes.len()).sum();
-            (p, predict_seconds, nodes, fit_seconds)
+            let nodes: usize = forest.trees.iter().map(|t| t.len()).sum();
+            let bytes: usize = forest.trees.iter().map(|t| t.heap_bytes()).sum();
+            (p, predict_seconds, nodes, bytes, fit_seconds)
         }
         "tree" => {
             let params = DecisionTreeParams::new().check()?;
@@ -199,7 +201,8 @@ fn main() -> BenchResult<()> {
             (
                 p,
                 predict_start.elapsed().as_secs_f64(),
-                tree.tree.nodes.len(),
+                tree.tree.len(),
+                tree.tree.heap_bytes(),
                 fit_seconds,
             )
         }
@@ -213,6 +216,7 @@ fn main() -> BenchResult<()> {
     println!("predict_seconds={predict_seconds:.3}");
     println!("test_auc={auc:.5}");
     println!("n_nodes={n_nodes}");
+    println!("tree_bytes={tree_bytes}");
     println!("train_rows={n_train_used}");
     println!("test_rows={n_test_used}");
     println!("predict_bits={:016x}", bits_hash(&probabilities));

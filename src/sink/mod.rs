@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 /// the same files, whatever the batch sizes upstream.
 pub const ROWS_PER_FILE: usize = 4_000_000;
 /// Rows per row group.
-const ROWS_PER_ROW_GROUP: usize = 262_144;
+pub(crate) const ROWS_PER_ROW_GROUP: usize = 262_144;
 
 /// The folder of segflow's own bookkeeping under an output root: staging, run records, locks.
 pub const SEGFLOW_DIR: &str = "_segflow";

@@ -57,7 +57,6 @@ fn single_tree(c: &mut Criterion) {
     let nodes = DecisionTree::fit(&full_depth, x.view(), &y, None)
         .expect("fit")
         .tree
-        .nodes
         .len();
     eprintln!("forest/tree/tree_fit: a full-depth tree on 150k x 20 has {nodes} nodes");
     group.sample_size(10);

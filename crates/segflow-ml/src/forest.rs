@@ -37,9 +37,10 @@
 //! positive-class outputs (OOB probabilities, contributions) are what the pipeline needs.
 //!
 //! # Saved model
-//! [`RandomForest`], [`DecisionTree`], [`Tree`] and [`Node`] derive serde; their field names are
-//! the JSON format and must stay stable. Per-row OOB probabilities are training diagnostics and
-//! are not serialised (only `oob_accuracy` is).
+//! [`RandomForest`], [`DecisionTree`] and [`Node`] derive serde, and a [`Tree`] (stored compactly,
+//! see its docs) reads and writes itself as `{"nodes": [node, …]}`; their field names are the
+//! JSON format and must stay stable. Per-row OOB probabilities are training diagnostics and are
+//! not serialised (only `oob_accuracy` is).
 
 mod binning;
 mod flat;
@@ -119,6 +120,18 @@ pub enum ForestError {
         node: usize,
         problem: &'static str,
     },
+    /// A node that [`Tree::push_node`] cannot store.
+    #[error("node {node} has {found} class fractions, but its tree has {expected} classes")]
+    ClassFractionCountMismatch {
+        node: usize,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "node {node} splits on feature {}, the index that marks leaves in storage",
+        u32::MAX
+    )]
+    SplitFeatureMarksLeaves { node: usize },
 
     #[error(transparent)]
     Linfa(#[from] linfa::Error),
@@ -656,7 +669,7 @@ fn grow_trees(
 fn feature_importances(trees: &[Tree], n_features: usize) -> Vec<f64> {
     let mut total = vec![0.0; n_features];
     let mut contributing = 0usize;
-    for tree in trees.iter().filter(|tree| tree.nodes.len() > 1) {
+    for tree in trees.iter().filter(|tree| tree.len() > 1) {
         let decrease = tree.impurity_decrease_per_feature(n_features);
         let sum: f64 = decrease.iter().sum();
         if sum > 0.0 {

@@ -93,7 +93,7 @@ impl ForestSummary {
             trees_file: TREES_FILE.to_string(),
             n_features: forest.n_features,
             n_trees: forest.trees.len(),
-            n_nodes: forest.trees.iter().map(|t| t.nodes.len()).sum(),
+            n_nodes: forest.trees.iter().map(|t| t.len()).sum(),
             feature_importances: forest.feature_importances.clone(),
         }
     }
@@ -148,7 +148,7 @@ impl ChurnModel {
                 self.forest.n_features
             ));
         }
-        let nodes: usize = self.fitted.trees.iter().map(|t| t.nodes.len()).sum();
+        let nodes: usize = self.fitted.trees.iter().map(|t| t.len()).sum();
         if self.fitted.trees.len() != self.forest.n_trees || nodes != self.forest.n_nodes || self.forest.n_trees == 0 {
             return Err(format!(
                 "model.json describes {} trees of {} nodes in all, but {} holds {} trees of {nodes} nodes",
@@ -161,10 +161,10 @@ impl ChurnModel {
         // Every split reads a column the preparation makes and points at nodes of its tree,
         // further down (so prediction cannot loop or index out of bounds).
         for (t, tree) in self.fitted.trees.iter().enumerate() {
-            for (i, node) in tree.nodes.iter().enumerate() {
+            for (i, node) in tree.nodes().enumerate() {
                 if let Some(feature) = node.split_feature {
                     let (left, right) = (node.left_child as usize, node.right_child as usize);
-                    if feature as usize >= width || left <= i || right <= i || left >= tree.nodes.len() || right >= tree.nodes.len() {
+                    if feature as usize >= width || left <= i || right <= i || left >= tree.len() || right >= tree.len() {
                         return Err(format!("tree {t}, node {i}: a split on column {feature} to nodes {left} and {right} is not a valid tree"));
                     }
                 }
@@ -220,42 +220,77 @@ fn trees_schema() -> SchemaRef {
 
 /// Every node of every tree as one Parquet file ([`TREE_COLUMNS`]; a leaf has a null
 /// `split_feature`). `churn_fraction` is the node's class-1 fraction; class 0's is 1 minus it,
-/// stored implicitly.
+/// stored implicitly. Written a row group at a time: a forest of tens of millions of nodes
+/// (100M transaction lines) never has a second copy of itself in Arrow arrays.
 fn trees_parquet(trees: &[Tree]) -> Result<Vec<u8>, String> {
-    let (mut tree, mut node, mut feature, mut threshold, mut left, mut right) = (UInt32Builder::new(), UInt32Builder::new(), UInt32Builder::new(), Float64Builder::new(), UInt32Builder::new(), UInt32Builder::new());
-    let (mut churn, mut rows, mut weighted, mut impurity) = (Float64Builder::new(), UInt32Builder::new(), Float64Builder::new(), Float64Builder::new());
+    let write_error = |e: parquet::errors::ParquetError| format!("cannot write the trees: {e}");
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, trees_schema(), Some(crate::sink::writer_properties())).map_err(write_error)?;
+    let mut columns = TreeColumns::default();
     for (t, each) in trees.iter().enumerate() {
-        for (i, n) in each.nodes.iter().enumerate() {
-            tree.append_value(t as u32);
-            node.append_value(i as u32);
-            feature.append_option(n.split_feature);
-            threshold.append_value(n.threshold);
-            left.append_value(n.left_child);
-            right.append_value(n.right_child);
-            churn.append_value(n.class_fractions.get(1).copied().unwrap_or(0.0));
-            rows.append_value(n.n_rows);
-            weighted.append_value(n.weighted_n_rows);
-            impurity.append_value(n.impurity);
+        for (i, n) in each.nodes().enumerate() {
+            columns.push(t, i, &n);
+            // A whole row group per batch, so the file is the same whatever the batching.
+            if columns.len == crate::sink::ROWS_PER_ROW_GROUP {
+                writer.write(&columns.finish()?).map_err(write_error)?;
+            }
         }
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(tree.finish()),
-        Arc::new(node.finish()),
-        Arc::new(feature.finish()),
-        Arc::new(threshold.finish()),
-        Arc::new(left.finish()),
-        Arc::new(right.finish()),
-        Arc::new(churn.finish()),
-        Arc::new(rows.finish()),
-        Arc::new(weighted.finish()),
-        Arc::new(impurity.finish()),
-    ];
-    let batch = RecordBatch::try_new(trees_schema(), columns).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(crate::sink::writer_properties())).map_err(|e| format!("cannot write the trees: {e}"))?;
-    writer.write(&batch).map_err(|e| format!("cannot write the trees: {e}"))?;
-    writer.close().map_err(|e| format!("cannot write the trees: {e}"))?;
+    if columns.len > 0 || trees.is_empty() {
+        writer.write(&columns.finish()?).map_err(write_error)?;
+    }
+    writer.close().map_err(write_error)?;
     Ok(bytes)
+}
+
+/// The builders of the trees file's columns, in [`trees_schema`] order.
+#[derive(Default)]
+struct TreeColumns {
+    tree: UInt32Builder,
+    node: UInt32Builder,
+    feature: UInt32Builder,
+    threshold: Float64Builder,
+    left: UInt32Builder,
+    right: UInt32Builder,
+    churn: Float64Builder,
+    rows: UInt32Builder,
+    weighted: Float64Builder,
+    impurity: Float64Builder,
+    len: usize,
+}
+
+impl TreeColumns {
+    fn push(&mut self, tree: usize, index: usize, n: &Node<'_>) {
+        self.tree.append_value(tree as u32);
+        self.node.append_value(index as u32);
+        self.feature.append_option(n.split_feature);
+        self.threshold.append_value(n.threshold);
+        self.left.append_value(n.left_child);
+        self.right.append_value(n.right_child);
+        self.churn.append_value(n.class_fractions.get(1).copied().unwrap_or(0.0));
+        self.rows.append_value(n.n_rows);
+        self.weighted.append_value(n.weighted_n_rows);
+        self.impurity.append_value(n.impurity);
+        self.len += 1;
+    }
+
+    /// The rows pushed so far as one batch; the builders start again empty.
+    fn finish(&mut self) -> Result<RecordBatch, String> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.tree.finish()),
+            Arc::new(self.node.finish()),
+            Arc::new(self.feature.finish()),
+            Arc::new(self.threshold.finish()),
+            Arc::new(self.left.finish()),
+            Arc::new(self.right.finish()),
+            Arc::new(self.churn.finish()),
+            Arc::new(self.rows.finish()),
+            Arc::new(self.weighted.finish()),
+            Arc::new(self.impurity.finish()),
+        ];
+        self.len = 0;
+        RecordBatch::try_new(trees_schema(), columns).map_err(|e| e.to_string())
+    }
 }
 
 fn read_trees(path: &Path) -> Result<Vec<Tree>, String> {
@@ -274,24 +309,26 @@ fn read_trees(path: &Path) -> Result<Vec<Tree>, String> {
         for r in 0..batch.num_rows() {
             let (t, i) = (tree.value(r) as usize, node.value(r) as usize);
             if t == trees.len() {
-                trees.push(Tree { nodes: Vec::new() });
+                trees.push(Tree::new(2));
             }
             let last = trees.len();
             match trees.get_mut(t) {
-                Some(current) if t + 1 == last && current.nodes.len() == i => current.nodes.push(Node {
+                Some(current) if t + 1 == last && current.len() == i => current.push_node(Node {
                     split_feature: (!feature.is_null(r)).then(|| feature.value(r)),
                     threshold: threshold.value(r),
                     left_child: left.value(r),
                     right_child: right.value(r),
-                    class_fractions: vec![1.0 - churn.value(r), churn.value(r)],
+                    class_fractions: &[1.0 - churn.value(r), churn.value(r)],
                     n_rows: rows.value(r),
                     weighted_n_rows: weighted.value(r),
                     impurity: impurity.value(r),
-                }),
+                }).map_err(|e| format!("row {r}: {e}"))?,
                 _ => return Err(format!("row {r}: tree {t}, node {i} is out of order; nodes must come in tree then node order")),
             }
         }
     }
+    // Pushing node by node leaves up to half of each tree's vectors spare.
+    trees.iter_mut().for_each(Tree::shrink_to_fit);
     Ok(trees)
 }
 

@@ -1,9 +1,9 @@
 //! The prediction layout of a fitted tree.
 //!
-//! A [`Tree`] is the saved-model format: 72-byte nodes in creation order, each with its class
-//! fractions behind a heap pointer. Walking it costs a pointer chase at every leaf and drags
-//! training-only fields (row counts, impurity) through the cache. Prediction walks a
-//! [`FlatTree`] instead, built from the `Tree` when a prediction starts:
+//! A [`Tree`] stores what the saved-model format holds: 40-byte nodes in creation order, their
+//! class fractions in a parallel array. Walking it drags training-only fields (row counts,
+//! impurity) through the cache and asks at every step whether the node is a leaf. Prediction
+//! walks a [`FlatTree`] instead, built from the `Tree` when a prediction starts:
 //! - 16-byte nodes (threshold, feature, right child), four to a cache line;
 //! - depth-first pre-order, so a left child is the very next node (often the same cache line)
 //!   and a right child is the only index stored;
@@ -14,8 +14,10 @@
 //!   contributions) in a parallel array.
 //!
 //! Building one is a single pass over the nodes (for 100 full-depth trees, under a tenth of the
-//! work of then predicting 5.6k rows), so it is not stored in the model: the model's fields
-//! stay the saved format, and a loaded or edited model can never predict with a stale layout.
+//! work of then predicting 5.6k rows), so it is not kept with the model: its 24 bytes per node
+//! (16 + 8) add to the stored tree's 56 only while a prediction runs, where a kept copy would
+//! hold them as long as the model lives (a gigabyte for a 44M-node forest), and a loaded or
+//! edited model can never predict with a stale layout.
 //!
 //! Results are bit-identical to walking the `Tree`: the same comparisons (`x <= threshold` goes
 //! left, so NaN goes right) reach the same leaves, whose stored fractions are copied exactly.
@@ -65,19 +67,18 @@ impl FlatTree {
             node,
             problem,
         };
-        if tree.nodes.is_empty() {
+        if tree.is_empty() {
             return Err(malformed(0, "the tree has no nodes"));
         }
-        let mut nodes = Vec::with_capacity(tree.nodes.len());
-        let mut positive_fractions = Vec::with_capacity(tree.nodes.len());
-        let mut reached = vec![false; tree.nodes.len()];
+        let mut nodes = Vec::with_capacity(tree.len());
+        let mut positive_fractions = Vec::with_capacity(tree.len());
+        let mut reached = vec![false; tree.len()];
         // (node in `tree`, flat index of the parent whose right child it is). Popping the left
         // child right after its parent is what makes the order pre-order.
         let mut pending: Vec<(usize, Option<usize>)> = vec![(0, None)];
         while let Some((source, right_of)) = pending.pop() {
             let node = tree
-                .nodes
-                .get(source)
+                .node(source)
                 .ok_or_else(|| malformed(source, "a child index points outside the tree"))?;
             if std::mem::replace(&mut reached[source], true) {
                 return Err(malformed(source, "the node is reached twice"));

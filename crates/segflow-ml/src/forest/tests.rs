@@ -35,7 +35,7 @@ fn single_tree(
 }
 
 fn features_used(tree: &Tree) -> std::collections::BTreeSet<u32> {
-    tree.nodes.iter().filter_map(|n| n.split_feature).collect()
+    tree.nodes().filter_map(|n| n.split_feature).collect()
 }
 
 #[test]
@@ -162,7 +162,10 @@ fn balanced_class_weight_equalises_class_mass_in_a_leaf() -> TestResult {
     )?;
     assert_eq!(plain.predict_proba(x.view())?[0], 0.25);
     assert_eq!(balanced.predict_proba(x.view())?[0], 0.5);
-    assert_eq!(balanced.tree.nodes[0].weighted_n_rows, 4.0);
+    assert_eq!(
+        balanced.tree.node(0).map(|root| root.weighted_n_rows),
+        Some(4.0)
+    );
     Ok(())
 }
 
@@ -187,7 +190,10 @@ fn balanced_subsample_balances_each_bootstrap_draw() -> TestResult {
         &x,
         &y,
     )?;
-    let leaf = |tree: &Tree| tree.nodes[0].class_fractions[1];
+    let leaf = |tree: &Tree| {
+        tree.node(0)
+            .map_or(f64::NAN, |root| root.class_fractions[1])
+    };
     assert!(
         subsample
             .trees
@@ -297,7 +303,7 @@ fn sample_weights_act_like_repeated_rows() -> TestResult {
     let weighted = DecisionTree::fit(&params, x.view(), &[0, 1, 1], Some(&[3.0, 1.0, 0.0]))?;
     assert_eq!(weighted.predict_proba(x.view())?[0], 0.25);
     // A zero-weight row is left out of the tree entirely.
-    assert_eq!(weighted.tree.nodes[0].n_rows, 2);
+    assert_eq!(weighted.tree.node(0).map(|root| root.n_rows), Some(2));
     Ok(())
 }
 
@@ -337,7 +343,7 @@ fn missing_values_have_their_own_bin_and_go_right() -> TestResult {
     let y = [0, 1, 0, 1, 0, 0];
     let model = single_tree(DecisionTreeParams::new(), &x, &y)?;
     assert_eq!(model.predict_labels(x.view())?.to_vec(), y);
-    let root = &model.tree.nodes[0];
+    let root = model.tree.node(0).ok_or("a fitted tree has a root")?;
     assert_eq!(root.split_feature, Some(0));
     assert_eq!(
         root.threshold,
@@ -478,20 +484,28 @@ fn bad_training_data_is_refused_with_a_clear_error() -> TestResult {
 fn reference_path(tree: &Tree, row: ndarray::ArrayView1<'_, f64>) -> Vec<usize> {
     let mut path = vec![0];
     let mut index = 0;
-    while let Some(feature) = tree.nodes[index].split_feature {
-        let node = &tree.nodes[index];
-        index = if row[feature as usize] <= node.threshold {
-            node.left_child as usize
+    while let Some(Node {
+        split_feature: Some(feature),
+        threshold,
+        left_child,
+        right_child,
+        ..
+    }) = tree.node(index)
+    {
+        index = if row[feature as usize] <= threshold {
+            left_child as usize
         } else {
-            node.right_child as usize
+            right_child as usize
         };
         path.push(index);
     }
     path
 }
 
+/// NaN for a node the tree does not have, so that no comparison of bits can pass.
 fn positive_fraction(tree: &Tree, node: usize) -> f64 {
-    tree.nodes[node].class_fractions[1]
+    tree.node(node)
+        .map_or(f64::NAN, |node| node.class_fractions[1])
 }
 
 /// Per row: the trees' leaf fractions summed in tree order, then divided by the tree count.
@@ -518,7 +532,7 @@ fn reference_contributions(trees: &[Tree], x: &Array2<f64>) -> (f64, Array2<f64>
     for (row, mut out) in x.rows().into_iter().zip(per_feature.rows_mut()) {
         for tree in trees {
             for step in reference_path(tree, row).windows(2) {
-                if let Some(feature) = tree.nodes[step[0]].split_feature {
+                if let Some(feature) = tree.node(step[0]).and_then(|node| node.split_feature) {
                     out[feature as usize] +=
                         positive_fraction(tree, step[1]) - positive_fraction(tree, step[0]);
                 }
@@ -665,14 +679,21 @@ fn a_tree_that_cannot_be_walked_is_refused_not_followed() -> TestResult {
     let (x, y) = planted(300, 3, 15);
     let model = forest(ForestParams::new().n_trees(3).max_depth(Some(4)), &x, &y)?;
     let split = model.trees[1]
-        .nodes
-        .iter()
+        .nodes()
         .position(|n| n.split_feature.is_some())
         .ok_or("the tree splits")?;
-    let broken = |edit: &dyn Fn(&mut Node)| {
+    // Tree 1 again, with `edit` applied to its first split.
+    let broken = |edit: &dyn Fn(&mut Node<'_>)| -> Result<Option<ForestError>, ForestError> {
+        let mut edited = Tree::new(2);
+        for (index, mut node) in model.trees[1].nodes().enumerate() {
+            if index == split {
+                edit(&mut node);
+            }
+            edited.push_node(node)?;
+        }
         let mut model = model.clone();
-        edit(&mut model.trees[1].nodes[split]);
-        model.predict_proba(x.view()).err()
+        model.trees[1] = edited;
+        Ok(model.predict_proba(x.view()).err())
     };
     let problem = |error: Option<ForestError>| match error {
         Some(ForestError::MalformedTree {
@@ -681,23 +702,27 @@ fn a_tree_that_cannot_be_walked_is_refused_not_followed() -> TestResult {
         other => panic!("expected a malformed tree 1, got {other:?}"),
     };
     assert_eq!(
-        problem(broken(&|n| n.left_child = 10_000)),
+        problem(broken(&|n| n.left_child = 10_000)?),
         "a child index points outside the tree"
     );
     assert_eq!(
-        problem(broken(&|n| n.right_child = 0)),
+        problem(broken(&|n| n.right_child = 0)?),
         "the node is reached twice"
     );
     assert_eq!(
-        problem(broken(&|n| n.split_feature = Some(3))),
+        problem(broken(&|n| n.split_feature = Some(3))?),
         "the split feature is not a model feature"
     );
+    // A tree of one class: its nodes have no positive-class fraction to predict.
+    let mut one_class = model.clone();
+    one_class.trees[1] = Tree::new(1);
+    one_class.trees[1].push_node(leaf(&[1.0]))?;
     assert_eq!(
-        problem(broken(&|n| n.class_fractions = vec![1.0])),
+        problem(one_class.predict_proba(x.view()).err()),
         "the node has no positive-class fraction"
     );
     let mut empty = model.clone();
-    empty.trees[1].nodes.clear();
+    empty.trees[1] = Tree::new(2);
     assert_eq!(
         problem(empty.contributions(x.view()).err()),
         "the tree has no nodes"
@@ -705,22 +730,28 @@ fn a_tree_that_cannot_be_walked_is_refused_not_followed() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResult {
-    let leaf = Node {
+/// A leaf of four rows with these class fractions.
+fn leaf(class_fractions: &[f64]) -> Node<'_> {
+    Node {
         split_feature: None,
         threshold: 0.0,
         left_child: 0,
         right_child: 0,
-        class_fractions: vec![0.75, 0.25],
+        class_fractions,
         n_rows: 4,
         weighted_n_rows: 4.0,
-        impurity: 0.375,
-    };
+        impurity: 1.0 - class_fractions.iter().map(|p| p * p).sum::<f64>(),
+    }
+}
+
+#[test]
+fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResult {
+    let mut tree = Tree::new(2);
+    tree.push_node(leaf(&[0.75, 0.25]))?;
     let model = RandomForest {
         n_features: 0,
         n_classes: 2,
-        trees: vec![Tree { nodes: vec![leaf] }],
+        trees: vec![tree],
         feature_importances: Vec::new(),
         oob_accuracy: None,
         oob_probabilities: None,
@@ -732,4 +763,122 @@ fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResu
     assert_eq!(contributions.bias, 0.25);
     assert_eq!(contributions.per_feature.dim(), (20, 0));
     Ok(())
+}
+
+// --- stored trees: compact, and the saved format unchanged ----------------------------------
+
+/// What a binary tree may hold per node: the split and counts (feature, two children, row
+/// count: 4 × 4 bytes; threshold, weighted rows, impurity: 3 × 8) and two class fractions
+/// (2 × 8), with no per-node allocation and no spare capacity.
+const STORED_BYTES_PER_BINARY_NODE: usize = 4 * 4 + 3 * 8 + 2 * 8;
+
+fn assert_compact(tree: &Tree, what: &str) {
+    assert!(
+        tree.heap_bytes() <= tree.len() * STORED_BYTES_PER_BINARY_NODE,
+        "{what}: {} bytes for {} nodes, {:.1} per node instead of at most {}",
+        tree.heap_bytes(),
+        tree.len(),
+        tree.heap_bytes() as f64 / tree.len() as f64,
+        STORED_BYTES_PER_BINARY_NODE
+    );
+}
+
+#[test]
+fn fitted_and_loaded_trees_hold_56_bytes_per_node() -> TestResult {
+    let (x, y) = planted(3000, 6, 21);
+    let model = forest(ForestParams::new().n_trees(4), &x, &y)?;
+    let loaded: RandomForest = serde_json::from_str(&serde_json::to_string(&model)?)?;
+    for (fitted, loaded) in model.trees.iter().zip(&loaded.trees) {
+        assert!(fitted.len() > 100, "full-depth trees on 3000 rows");
+        assert_compact(fitted, "fitted tree");
+        assert_compact(loaded, "tree loaded from JSON");
+        // Node by node, as a tree is loaded from Parquet.
+        let mut pushed = Tree::new(2);
+        for node in fitted.nodes() {
+            pushed.push_node(node)?;
+        }
+        pushed.shrink_to_fit();
+        assert_compact(&pushed, "tree pushed node by node");
+        assert_eq!(&pushed, fitted);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_tree_saves_as_a_list_of_nodes_with_their_field_names() -> TestResult {
+    let mut tree = Tree::new(2);
+    tree.push_node(Node {
+        split_feature: Some(1),
+        threshold: 0.5,
+        left_child: 1,
+        right_child: 2,
+        class_fractions: &[0.5, 0.5],
+        n_rows: 8,
+        weighted_n_rows: 8.0,
+        impurity: 0.5,
+    })?;
+    tree.push_node(leaf(&[1.0, 0.0]))?;
+    tree.push_node(leaf(&[0.0, 1.0]))?;
+    let json = serde_json::to_string(&tree)?;
+    assert_eq!(
+        json,
+        concat!(
+            r#"{"nodes":["#,
+            r#"{"split_feature":1,"threshold":0.5,"left_child":1,"right_child":2,"#,
+            r#""class_fractions":[0.5,0.5],"n_rows":8,"weighted_n_rows":8.0,"impurity":0.5},"#,
+            r#"{"split_feature":null,"threshold":0.0,"left_child":0,"right_child":0,"#,
+            r#""class_fractions":[1.0,0.0],"n_rows":4,"weighted_n_rows":4.0,"impurity":0.0},"#,
+            r#"{"split_feature":null,"threshold":0.0,"left_child":0,"right_child":0,"#,
+            r#""class_fractions":[0.0,1.0],"n_rows":4,"weighted_n_rows":4.0,"impurity":0.0}"#,
+            r#"]}"#
+        )
+    );
+    let loaded: Tree = serde_json::from_str(&json)?;
+    assert_eq!(loaded, tree);
+    Ok(())
+}
+
+#[test]
+fn a_node_with_another_class_count_than_its_tree_is_refused() -> TestResult {
+    let mut tree = Tree::new(2);
+    tree.push_node(leaf(&[0.5, 0.5]))?;
+    let refused = tree.push_node(leaf(&[0.2, 0.3, 0.5]));
+    assert!(matches!(
+        refused,
+        Err(ForestError::ClassFractionCountMismatch {
+            node: 1,
+            expected: 2,
+            found: 3
+        })
+    ));
+    assert_eq!(tree.len(), 1, "a refused node is not stored");
+    // Loading a saved tree applies the same rule, its first node setting the class count.
+    let mixed = r#"{"nodes":[
+        {"split_feature":0,"threshold":0.5,"left_child":1,"right_child":2,"class_fractions":[0.5,0.5],"n_rows":2,"weighted_n_rows":2.0,"impurity":0.5},
+        {"split_feature":null,"threshold":0.0,"left_child":0,"right_child":0,"class_fractions":[1.0],"n_rows":1,"weighted_n_rows":1.0,"impurity":0.0}
+    ]}"#;
+    let error = serde_json::from_str::<Tree>(mixed)
+        .err()
+        .ok_or("a mixed tree is refused")?;
+    assert!(
+        error
+            .to_string()
+            .starts_with("node 1 has 1 class fractions, but its tree has 2 classes"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_split_on_the_feature_index_that_marks_leaves_is_refused() {
+    let mut tree = Tree::new(2);
+    let refused = tree.push_node(Node {
+        split_feature: Some(u32::MAX),
+        ..leaf(&[0.5, 0.5])
+    });
+    assert!(matches!(
+        refused,
+        Err(ForestError::SplitFeatureMarksLeaves { node: 0 })
+    ));
+    assert!(tree.is_empty());
 }

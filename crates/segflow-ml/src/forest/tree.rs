@@ -1,27 +1,30 @@
-//! One histogram CART tree: growth on binned features, and the stored tree (the saved-model
-//! format; prediction walks its compact copy, `flat.rs`).
+//! One histogram CART tree: growth on binned features, and the stored tree (what the saved model
+//! holds; prediction walks its compact copy, `flat.rs`).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use super::ForestError;
 use super::binning::BinnedFeatures;
 
-/// One node of a fitted tree. Field names are part of the saved-model format: do not rename.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Node {
+/// One node of a fitted tree, as [`Tree::node`] shows it and [`Tree::push_node`] takes it.
+/// Field names are part of the saved-model format: do not rename.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Node<'a> {
     /// Feature tested at this node; `None` for a leaf.
     pub split_feature: Option<u32>,
     /// Rows with `x[split_feature] <= threshold` go to `left_child`, all others (NaN included)
     /// to `right_child`. Meaningless for a leaf (0.0).
     pub threshold: f64,
-    /// Index of the left child in [`Tree::nodes`]; 0 for a leaf (the root is never a child).
+    /// Index of the left child in its tree; 0 for a leaf (the root is never a child).
     pub left_child: u32,
-    /// Index of the right child in [`Tree::nodes`]; 0 for a leaf.
+    /// Index of the right child in its tree; 0 for a leaf.
     pub right_child: u32,
     /// Weighted class fractions of the training rows that reached this node (sums to 1); for a
     /// leaf this is the tree's predicted class distribution, as scikit-learn's `predict_proba`.
-    pub class_fractions: Vec<f64>,
+    pub class_fractions: &'a [f64],
     /// Distinct training rows (bootstrap draws collapsed into weights) that reached this node.
     pub n_rows: u32,
     /// Sum of the sample weights (bootstrap count × sample weight × class weight) at this node.
@@ -30,31 +33,219 @@ pub struct Node {
     pub impurity: f64,
 }
 
+/// `StoredNode::split_feature` of a leaf. An `Option<u32>` there would cost 8 bytes per node
+/// (its tag pads the node to 48 bytes); no model has 2³² − 1 features.
+const LEAF: u32 = u32::MAX;
+
+/// A [`Node`] as its [`Tree`] holds it: 40 bytes and no heap allocation of its own (its class
+/// fractions are in the tree's `class_fractions`). A 100-tree forest on two million customers
+/// has tens of millions of nodes, so every byte here is tens of megabytes.
+#[derive(Debug, Clone, Copy)]
+struct StoredNode {
+    /// [`LEAF`] for a leaf.
+    split_feature: u32,
+    threshold: f64,
+    left_child: u32,
+    right_child: u32,
+    n_rows: u32,
+    weighted_n_rows: f64,
+    impurity: f64,
+}
+
 /// A fitted tree: nodes in creation order, root first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Saved as `{"nodes": [node, …]}`, each node a [`Node`] with its field names. Held compactly:
+/// 40 bytes per node plus 8 per class fraction, in two vectors ([`Tree::heap_bytes`]); a node
+/// that owned its fractions took 72 bytes plus a heap allocation of 32, twice as much.
+/// Equal trees are trees with equal nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "SavedTree")]
 pub struct Tree {
-    pub nodes: Vec<Node>,
+    /// Class fractions per node: node `i`'s are `class_fractions[i * n_classes..][..n_classes]`.
+    n_classes: usize,
+    nodes: Vec<StoredNode>,
+    class_fractions: Vec<f64>,
 }
 
 impl Tree {
+    /// An empty tree whose nodes will each have `n_classes` class fractions.
+    pub fn new(n_classes: usize) -> Tree {
+        Tree {
+            n_classes,
+            nodes: Vec::new(),
+            class_fractions: Vec::new(),
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `index` (the root is 0), or `None` past the last node.
+    pub fn node(&self, index: usize) -> Option<Node<'_>> {
+        self.nodes.get(index).map(|stored| self.view(index, stored))
+    }
+
+    /// The nodes in index order, root first.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = Node<'_>> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(index, stored)| self.view(index, stored))
+    }
+
+    /// Appends `node` as node number `len()`, as when loading a saved tree node by node. Its
+    /// class fractions must be as many as the tree's classes, and a split's feature below
+    /// 2³² − 1 (which marks leaves in storage).
+    pub fn push_node(&mut self, node: Node<'_>) -> Result<(), ForestError> {
+        if node.class_fractions.len() != self.n_classes {
+            return Err(ForestError::ClassFractionCountMismatch {
+                node: self.nodes.len(),
+                expected: self.n_classes,
+                found: node.class_fractions.len(),
+            });
+        }
+        if node.split_feature == Some(LEAF) {
+            return Err(ForestError::SplitFeatureMarksLeaves {
+                node: self.nodes.len(),
+            });
+        }
+        self.class_fractions.extend_from_slice(node.class_fractions);
+        self.nodes.push(StoredNode {
+            split_feature: node.split_feature.unwrap_or(LEAF),
+            threshold: node.threshold,
+            left_child: node.left_child,
+            right_child: node.right_child,
+            n_rows: node.n_rows,
+            weighted_n_rows: node.weighted_n_rows,
+            impurity: node.impurity,
+        });
+        Ok(())
+    }
+
+    /// Gives back the spare capacity that growing node by node leaves (a vector doubles as it
+    /// grows, so up to half of it can be spare). Call it once the last node is pushed.
+    pub fn shrink_to_fit(&mut self) {
+        self.nodes.shrink_to_fit();
+        self.class_fractions.shrink_to_fit();
+    }
+
+    /// Bytes this tree holds on the heap: the capacities of its two vectors (the allocator's own
+    /// overhead, two blocks per tree, is not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<StoredNode>()
+            + self.class_fractions.capacity() * std::mem::size_of::<f64>()
+    }
+
+    fn class_fractions_of(&self, index: usize) -> &[f64] {
+        &self.class_fractions[index * self.n_classes..][..self.n_classes]
+    }
+
+    fn view(&self, index: usize, stored: &StoredNode) -> Node<'_> {
+        Node {
+            split_feature: (stored.split_feature != LEAF).then_some(stored.split_feature),
+            threshold: stored.threshold,
+            left_child: stored.left_child,
+            right_child: stored.right_child,
+            class_fractions: self.class_fractions_of(index),
+            n_rows: stored.n_rows,
+            weighted_n_rows: stored.weighted_n_rows,
+            impurity: stored.impurity,
+        }
+    }
+
     /// Unnormalised impurity decrease per feature (scikit-learn's
     /// `compute_feature_importances` before the final normalisation).
     pub(super) fn impurity_decrease_per_feature(&self, n_features: usize) -> Vec<f64> {
         let mut decrease = vec![0.0; n_features];
-        for node in &self.nodes {
-            if let Some(feature) = node.split_feature {
-                let left = &self.nodes[node.left_child as usize];
-                let right = &self.nodes[node.right_child as usize];
-                decrease[feature as usize] += node.weighted_n_rows * node.impurity
-                    - left.weighted_n_rows * left.impurity
-                    - right.weighted_n_rows * right.impurity;
-            }
+        for node in self.nodes.iter().filter(|node| node.split_feature != LEAF) {
+            let left = &self.nodes[node.left_child as usize];
+            let right = &self.nodes[node.right_child as usize];
+            decrease[node.split_feature as usize] += node.weighted_n_rows * node.impurity
+                - left.weighted_n_rows * left.impurity
+                - right.weighted_n_rows * right.impurity;
         }
         let root_weight = self.nodes[0].weighted_n_rows;
         if root_weight > 0.0 {
             decrease.iter_mut().for_each(|d| *d /= root_weight);
         }
         decrease
+    }
+}
+
+impl PartialEq for Tree {
+    fn eq(&self, other: &Tree) -> bool {
+        self.nodes().eq(other.nodes())
+    }
+}
+
+impl Serialize for Tree {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The node list, written node by node from the compact storage.
+        struct Nodes<'a>(&'a Tree);
+        impl Serialize for Nodes<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.nodes())
+            }
+        }
+        let mut tree = serializer.serialize_struct("Tree", 1)?;
+        tree.serialize_field("nodes", &Nodes(self))?;
+        tree.end()
+    }
+}
+
+/// A tree as the saved format writes it. Read whole, then stored compactly: one tree at a time
+/// is ever held this way while a model loads.
+#[derive(Deserialize)]
+struct SavedTree {
+    nodes: Vec<SavedNode>,
+}
+
+/// A [`Node`] as read, owning its class fractions.
+#[derive(Deserialize)]
+struct SavedNode {
+    split_feature: Option<u32>,
+    threshold: f64,
+    left_child: u32,
+    right_child: u32,
+    class_fractions: Vec<f64>,
+    n_rows: u32,
+    weighted_n_rows: f64,
+    impurity: f64,
+}
+
+impl TryFrom<SavedTree> for Tree {
+    type Error = ForestError;
+
+    /// The tree's class count is its first node's; every other node must have as many.
+    fn try_from(saved: SavedTree) -> Result<Tree, ForestError> {
+        let n_classes = saved
+            .nodes
+            .first()
+            .map_or(0, |node| node.class_fractions.len());
+        let mut tree = Tree {
+            n_classes,
+            nodes: Vec::with_capacity(saved.nodes.len()),
+            class_fractions: Vec::with_capacity(saved.nodes.len() * n_classes),
+        };
+        for node in &saved.nodes {
+            tree.push_node(Node {
+                split_feature: node.split_feature,
+                threshold: node.threshold,
+                left_child: node.left_child,
+                right_child: node.right_child,
+                class_fractions: &node.class_fractions,
+                n_rows: node.n_rows,
+                weighted_n_rows: node.weighted_n_rows,
+                impurity: node.impurity,
+            })?;
+        }
+        Ok(tree)
     }
 }
 
@@ -178,7 +369,7 @@ struct Grower<'a> {
     rows: Vec<RowEntry>,
     partition_scratch: Vec<RowEntry>,
     feature_order: Vec<usize>,
-    nodes: Vec<Node>,
+    tree: Tree,
 }
 
 /// Grows one tree on the rows with a positive weight in `sample`.
@@ -209,12 +400,12 @@ pub(super) fn grow_tree(
         partition_scratch: Vec::with_capacity(rows.len()),
         rows,
         feature_order: (0..n_features).collect(),
-        nodes: Vec::new(),
+        tree: Tree::new(settings.n_classes),
     };
     grower.grow(rng);
-    Tree {
-        nodes: grower.nodes,
-    }
+    let mut tree = grower.tree;
+    tree.shrink_to_fit();
+    tree
 }
 
 impl Grower<'_> {
@@ -223,8 +414,7 @@ impl Grower<'_> {
         let root_histograms = self
             .use_subtraction
             .then(|| self.build_all_histograms(0, root_rows));
-        let (root, class_totals) = self.make_node(0, root_rows);
-        self.nodes.push(root);
+        let class_totals = self.push_leaf(0, root_rows);
         let mut stack = vec![PendingNode {
             node_index: 0,
             start: 0,
@@ -252,25 +442,31 @@ impl Grower<'_> {
         (per_class, total)
     }
 
-    /// A leaf for `rows[start..end]` (split later if it qualifies) and its per-class weights.
-    fn make_node(&self, start: usize, end: usize) -> (Node, Vec<f64>) {
+    /// Appends a leaf for `rows[start..end]` to the tree (split later if it qualifies) and
+    /// returns its per-class weights.
+    fn push_leaf(&mut self, start: usize, end: usize) -> Vec<f64> {
         let (per_class, total) = self.class_weights(start, end);
-        let class_fractions: Vec<f64> = per_class
-            .iter()
-            .map(|w| if total > 0.0 { w / total } else { 0.0 })
-            .collect();
-        let impurity = 1.0 - class_fractions.iter().map(|p| p * p).sum::<f64>();
-        let node = Node {
-            split_feature: None,
+        let first_fraction = self.tree.class_fractions.len();
+        self.tree.class_fractions.extend(
+            per_class
+                .iter()
+                .map(|w| if total > 0.0 { w / total } else { 0.0 }),
+        );
+        let impurity = 1.0
+            - self.tree.class_fractions[first_fraction..]
+                .iter()
+                .map(|p| p * p)
+                .sum::<f64>();
+        self.tree.nodes.push(StoredNode {
+            split_feature: LEAF,
             threshold: 0.0,
             left_child: 0,
             right_child: 0,
-            class_fractions,
             n_rows: (end - start) as u32,
             weighted_n_rows: total,
             impurity,
-        };
-        (node, per_class)
+        });
+        per_class
     }
 
     fn take_histograms(&mut self) -> Vec<Histogram> {
@@ -405,8 +601,9 @@ impl Grower<'_> {
     /// or for two leaves, depth limit).
     fn could_split(&self, node_index: usize, n_rows: usize, depth: usize) -> bool {
         let settings = &self.settings;
-        let is_pure = self.nodes[node_index]
-            .class_fractions
+        let is_pure = self
+            .tree
+            .class_fractions_of(node_index)
             .iter()
             .filter(|&&p| p > 0.0)
             .count()
@@ -520,14 +717,12 @@ impl Grower<'_> {
         self.rows[write..end].copy_from_slice(&self.partition_scratch);
         let middle = write;
 
-        let left_index = self.nodes.len();
-        let (left_node, left_totals) = self.make_node(start, middle);
-        let (right_node, right_totals) = self.make_node(middle, end);
-        self.nodes.push(left_node);
-        self.nodes.push(right_node);
+        let left_index = self.tree.len();
+        let left_totals = self.push_leaf(start, middle);
+        let right_totals = self.push_leaf(middle, end);
         let threshold = self.sample.binned.threshold(best.feature, best.bin as u8);
-        let node = &mut self.nodes[node_index];
-        node.split_feature = Some(best.feature as u32);
+        let node = &mut self.tree.nodes[node_index];
+        node.split_feature = best.feature as u32;
         node.threshold = threshold;
         node.left_child = left_index as u32;
         node.right_child = (left_index + 1) as u32;
