@@ -140,7 +140,13 @@ fn session_state(options: &EngineOptions) -> Result<datafusion::execution::sessi
     // running") and the job never finishes (tests/ballista/loopback_cluster.sh). The static
     // distributed planner re-runs the lost tasks and the job completes.
     let config = config.upgrade_for_ballista().with_ballista_adaptive_query_planner(false);
-    Ok(SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build())
+    let mut state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
+    // segflow's own SQL functions (`segflow_assign`): the standalone executor runs with this
+    // state, so it knows them; a cluster's executors must register them too.
+    for function in crate::deploy::udf::functions() {
+        datafusion::execution::FunctionRegistry::register_udf(&mut state, function)?;
+    }
+    Ok(state)
 }
 
 /// Where an input's files are.

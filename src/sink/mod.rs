@@ -165,10 +165,17 @@ pub struct StagedTable {
 
 /// Step 1: runs `frame` and writes its rows to the staging folder with a manifest.
 pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable, SinkError> {
+    let schema: SchemaRef = frame.schema().inner().clone();
+    stage_as(target, frame, schema).await
+}
+
+/// [`stage`], writing the rows under `schema`: the same columns, where the query could not
+/// know what the table promises (a column that is never null, say, computed on a cluster from
+/// nullable input). A row that breaks the promise fails the table.
+pub async fn stage_as(target: TableTarget, frame: DataFrame, schema: SchemaRef) -> Result<StagedTable, SinkError> {
     confined(&target)?;
     let staging_dir = empty_staging_dir(&target)?;
 
-    let schema: SchemaRef = frame.schema().inner().clone();
     let mut stream = frame
         .execute_stream()
         .await
@@ -176,6 +183,7 @@ pub async fn stage(target: TableTarget, frame: DataFrame) -> Result<StagedTable,
     let mut writer = PartWriter::new(&target, &staging_dir, schema.clone());
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| SinkError::Compute { table: target.table.clone(), message: crate::engine::describe_datafusion_error(&e) })?;
+        let batch = if batch.schema() == schema { batch } else { RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| SinkError::Compute { table: target.table.clone(), message: e.to_string() })? };
         writer.write(&batch)?;
     }
     let files = writer.finish()?;

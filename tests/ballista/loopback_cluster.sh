@@ -152,4 +152,15 @@ if [[ $status -ne 0 ]]; then
     same_tables third || fail "the rerun's tables differ from the local engine's: $(cat "$work/diff-third.txt")"
     say "rerun with executor 2 restarted: succeeded in $(( $(date +%s) - started )) s, tables byte-identical to the local engine's"
 fi
+# Assigning a table with the saved segment model runs on the executors too (the
+# segflow_assign SQL function, registered on them): the same file as in-process.
+model="models/segments/run_date=2025-01-01"
+customers="customer_features/run_date=2025-01-01"
+timeout 120 "$segflow" assign "$work/local-first/$model" "$work/local-first/$customers" --output "$work/assigned/local" --run-id same >"$work/assign-local.log" 2>&1 \
+    || fail "assign on the local engine failed: $(tail -n 5 "$work/assign-local.log")"
+before=$(grep -c "Execute task\|Received task" "$work/executor1.log" || true)
+timeout 120 "$segflow" assign "$work/local-first/$model" "$work/local-first/$customers" --output "$work/assigned/cluster" --run-id same \
+    --engine "df://127.0.0.1:$scheduler_port" >"$work/assign-cluster.log" 2>&1 || fail "assign on the cluster failed: $(tail -n 5 "$work/assign-cluster.log")"
+cmp -s "$work/assigned/local/part-00000-same.parquet" "$work/assigned/cluster/part-00000-same.parquet" || fail "the cluster's assignments differ from the local engine's"
+say "assign on the cluster: the same file as in-process ($(( $(grep -c "Execute task\|Received task" "$work/executor1.log" || true) - before )) tasks on executor 1)"
 say "passed"

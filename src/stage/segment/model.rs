@@ -133,18 +133,23 @@ impl SegmentModel {
     pub fn load(path: &Path) -> Result<SegmentModel, String> {
         let file = if path.is_dir() { path.join(MODEL_FILE) } else { path.to_path_buf() };
         let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read the segment model {}: {e}", file.display()))?;
+        Self::from_json_text(&text, &file.display().to_string())
+    }
+
+    /// Parses and checks a model file's text; `origin` names it in messages.
+    pub fn from_json_text(text: &str, origin: &str) -> Result<SegmentModel, String> {
         // The format is checked before the rest, so a file of another kind is named as such.
-        let header: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: not a JSON model file: {e}", file.display()))?;
+        let header: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{origin}: not a JSON model file: {e}"))?;
         let format = header.get("format").and_then(|f| f.as_str()).unwrap_or("");
         if format != FORMAT {
-            return Err(format!("{}: not a segment model (format `{format}`, expected `{FORMAT}`)", file.display()));
+            return Err(format!("{origin}: not a segment model (format `{format}`, expected `{FORMAT}`)"));
         }
         let version = header.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version != u64::from(FORMAT_VERSION) {
-            return Err(format!("{}: segment model format version {version}; this segflow reads version {FORMAT_VERSION}", file.display()));
+            return Err(format!("{origin}: segment model format version {version}; this segflow reads version {FORMAT_VERSION}"));
         }
-        let model: SegmentModel = serde_json::from_str(&text).map_err(|e| format!("{}: invalid segment model: {e}", file.display()))?;
-        model.check().map_err(|e| format!("{}: invalid segment model: {e}", file.display()))?;
+        let model: SegmentModel = serde_json::from_str(text).map_err(|e| format!("{origin}: invalid segment model: {e}"))?;
+        model.check().map_err(|e| format!("{origin}: invalid segment model: {e}"))?;
         Ok(model)
     }
 

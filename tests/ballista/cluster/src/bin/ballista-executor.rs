@@ -1,5 +1,5 @@
-//! A Ballista executor process. Flags are the crates.io binary's, for the ones the loopback
-//! script uses.
+//! A Ballista executor process, with segflow's SQL functions registered. Flags are the
+//! crates.io binary's, for the ones the loopback script uses.
 
 use std::sync::Arc;
 
@@ -59,6 +59,11 @@ async fn main() -> ballista_core::error::Result<()> {
         scheduler_connect_timeout_seconds: 30,
         ..Default::default()
     };
+    // segflow's SQL functions (`segflow_assign`), so `segflow assign --engine df://…` can
+    // run its assignment here; Ballista's stock executor lacks them.
+    let mut registry = ballista_core::registry::BallistaFunctionRegistry::default();
+    segflow::deploy::udf::register_on(&mut registry.scalar_functions);
+    config.override_function_registry = Some(Arc::new(registry));
     if let Some(tasks) = args.concurrent_tasks {
         config.vcores = tasks;
     }

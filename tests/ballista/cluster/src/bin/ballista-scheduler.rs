@@ -1,5 +1,6 @@
 //! A Ballista scheduler process (in-memory cluster state, as `ballista-scheduler` runs by
-//! default). Flags are the crates.io binary's, for the ones the loopback script uses.
+//! default), with segflow's SQL functions registered. Flags are the crates.io binary's, for
+//! the ones the loopback script uses.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,15 @@ fn main() -> ballista_core::error::Result<()> {
     config.executor_timeout_seconds = args.executor_timeout_seconds;
     config.expire_dead_executor_interval_seconds = args.expire_dead_executor_interval_seconds;
     config.no_executors_grace_period_seconds = args.executor_timeout_seconds;
+    // segflow's SQL functions (`segflow_assign`): the scheduler decodes the client's logical
+    // plan, so it must know them as the executors do.
+    config.override_session_builder = Some(Arc::new(|session_config| {
+        let mut state = ballista_core::utils::default_session_builder(session_config)?;
+        for function in segflow::deploy::udf::functions() {
+            datafusion::execution::FunctionRegistry::register_udf(&mut state, function)?;
+        }
+        Ok(state)
+    }));
     // The upstream binary's runtime: large stacks for deep plans.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_io().enable_time().thread_stack_size(32 * 1024 * 1024).build()?;
     runtime.block_on(async move {

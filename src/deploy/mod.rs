@@ -1,0 +1,206 @@
+//! Saved models applied to new customers, without refitting: `segflow assign` (segments)
+//! and `segflow score` (churn).
+//!
+//! The model's own preparation (imputation values, winsor bounds, scaling statistics,
+//! one-hot levels) is applied to INPUT unchanged. `assign` sends each customer to a segment
+//! by the model's rule (nearest centroid; highest posterior for `gmm`) and writes the segment
+//! stage's per-customer columns — id, segment, distance, second_segment. `score` writes the
+//! churn stage's per-customer columns — id, split (`score`), churn probability, risk decile
+//! (within INPUT), the decision at the model's threshold and the top contributing features.
+//! OUT is written by the same commit protocol as a pipeline's tables: staged beside OUT under
+//! `_segflow/staging/`, then swapped in whole with `_manifest.json` and `_SUCCESS`.
+//!
+//! With `--engine` on Ballista, `assign` runs on the executors: they read INPUT and assign it
+//! batch by batch through the `segflow_assign` SQL function ([`udf`]); segflow streams the
+//! assigned rows into OUT and never holds the whole table.
+
+pub mod udf;
+
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::logical_expr::{col, ident, lit};
+use datafusion::prelude::{DataFrame, SessionContext};
+use segflow_ml::prep::{FeatureKind, Preparation};
+
+use crate::engine::{self, Engine, EngineOptions, InputLocation};
+use crate::sink::{self, TableTarget};
+use crate::stage::churn::{self, ChurnModel};
+use crate::stage::features::{FeatureData, feature_columns, read_features, text_views};
+use crate::stage::segment::{self, SegmentModel};
+
+/// Everything that can stop an assignment or a scoring, with whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The model, the input or the output path is unusable: fix the command (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading, computing or writing failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploySummary {
+    pub rows: u64,
+    pub path: PathBuf,
+}
+
+pub async fn assign(model_path: &Path, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
+    let model = SegmentModel::load(model_path).map_err(DeployError::Invalid)?;
+    if engine_options.engine != Engine::Local {
+        return assign_on_cluster(&model, input, output, run_id, engine_options).await;
+    }
+    let (session, data, x) = prepared_input(input, &model.id_column, &model.preparation, engine_options).await?;
+    let assignments = model
+        .cluster_model
+        .assign(x.view())
+        .map_err(|e| DeployError::Failed(format!("assigning input {}: {e}", input.display())))?;
+    let batch = segment::customers_batch(&model.id_column, &data.ids, &assignments, &model.segment_ids()).map_err(|e| DeployError::Failed(e.to_string()))?;
+    commit(&session, batch, output, run_id, &model.run_date).await
+}
+
+pub async fn score(model_path: &Path, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
+    let model = ChurnModel::load(model_path).map_err(DeployError::Invalid)?;
+    let (session, data, x) = prepared_input(input, &model.id_column, &model.preparation, engine_options).await?;
+    let scores = model.score(x.view()).map_err(|e| DeployError::Failed(format!("scoring input {}: {e}", input.display())))?;
+    let batch = churn::scores_batch(&model.id_column, &data.ids, &vec!["score"; data.len()], &[], &scores, model.explain).map_err(|e| DeployError::Failed(e.to_string()))?;
+    commit(&session, batch, output, run_id, &model.run_date).await
+}
+
+/// Reads INPUT, checks it has every column the model was fitted on, and prepares it with the
+/// model's own preparation.
+async fn prepared_input(input: &Path, id_column: &str, preparation: &Preparation, engine_options: &EngineOptions) -> Result<(SessionContext, FeatureData, ndarray::Array2<f64>), DeployError> {
+    let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("input {}: {e}", input.display())))?;
+    let session: SessionContext = engine::session(engine_options).map_err(|e| DeployError::Failed(format!("cannot start the query engine: {e}")))?;
+    let what = format!("input {}", input.display());
+    let schema = engine::register_parquet(&session, "customers", &location)
+        .await
+        .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
+
+    let features: Vec<(&str, FeatureKind)> = preparation.features().iter().map(|f| (f.name(), f.kind())).collect();
+    check_columns(&schema, id_column, preparation, &what)?;
+    let of_kind = |kind: FeatureKind| features.iter().filter(|(_, k)| *k == kind).map(|(name, _)| name.to_string()).collect::<Vec<_>>();
+    let (numeric, categorical) = (of_kind(FeatureKind::Numeric), of_kind(FeatureKind::Categorical));
+    let frame = session.table("customers").await.map_err(|e| DeployError::Failed(engine::describe_datafusion_error(&e)))?;
+    let data = read_features(frame, id_column, &numeric, &categorical, &what).await.map_err(DeployError::Invalid)?;
+    let text = text_views(&data);
+    let x = preparation.transform(&feature_columns(&data, &text, &features)).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
+    Ok((session, data, x))
+}
+
+/// Every column the model was fitted on must be in INPUT, under the same name.
+fn check_columns(schema: &Schema, id_column: &str, preparation: &Preparation, what: &str) -> Result<(), DeployError> {
+    let mut required: Vec<&str> = vec![id_column];
+    required.extend(preparation.features().iter().map(|f| f.name()));
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let missing: Vec<&str> = required.iter().copied().filter(|c| !names.contains(c)).collect();
+    if !missing.is_empty() {
+        return Err(DeployError::Invalid(format!(
+            "{what} lacks {} the model needs: {}; it has: {}",
+            if missing.len() == 1 { "a column" } else { "columns" },
+            crate::config::yaml::quoted_list(missing.iter().copied()),
+            crate::config::yaml::quoted_list(names.iter().copied())
+        )));
+    }
+    Ok(())
+}
+
+/// `assign` on Ballista: the executors read INPUT, assign it with `segflow_assign` and write
+/// OUT's rows, ordered by id as the in-process path orders them. The id checks the in-process
+/// path makes while reading run here as two small queries.
+async fn assign_on_cluster(model: &SegmentModel, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
+    let what = format!("input {}", input.display());
+    let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
+    engine::check_inputs_reachable(&engine_options.engine, [("input", &location)].into_iter()).map_err(DeployError::Invalid)?;
+    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
+    let session = engine::run_session(engine_options).await.map_err(|e| DeployError::Failed(format!("cannot start the query engine: {}", engine::describe_datafusion_error(&e))))?;
+    let schema = engine::register_parquet(&session, "customers", &location)
+        .await
+        .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
+    let id = model.id_column.as_str();
+    check_columns(&schema, id, &model.preparation, &what)?;
+    check_ids(&session, id, &what).await?;
+
+    let model_text = String::from_utf8(model.to_json().map_err(DeployError::Failed)?).map_err(|e| DeployError::Failed(e.to_string()))?;
+    let mut call = vec![lit(model_text)];
+    call.extend(model.preparation.features().iter().map(|f| ident(f.name())));
+    let assign = udf::functions().into_iter().find(|f| f.name() == udf::ASSIGN).ok_or_else(|| DeployError::Failed(format!("{} is not registered", udf::ASSIGN)))?;
+    let frame = session
+        .table("customers")
+        .await
+        .and_then(|f| f.select(vec![ident(id), assign.call(call).alias("assigned")]))
+        .and_then(|f| f.select(vec![ident(id), get_field(col("assigned"), "segment").alias("segment"), get_field(col("assigned"), "distance").alias("distance"), get_field(col("assigned"), "second_segment").alias("second_segment")]))
+        .and_then(|f| f.sort(vec![ident(id).sort(true, true)]))
+        .map_err(failed)?;
+    let id_type = schema.field_with_name(id).map(|f| f.data_type().clone()).map_err(|e| DeployError::Failed(e.to_string()))?;
+    commit_frame(frame, segment::customers_schema(id, &id_type), output, run_id, &model.run_date).await
+}
+
+/// A feature table has one row per customer: no null id, no id twice (the messages of
+/// [`read_features`], which checks the same while reading in-process).
+async fn check_ids(session: &SessionContext, id: &str, what: &str) -> Result<(), DeployError> {
+    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
+    let quoted = format!("\"{}\"", id.replace('"', "\"\""));
+    let counts = session
+        .sql(&format!("SELECT count(*) - count({quoted}) AS without_id, count({quoted}) - count(DISTINCT {quoted}) AS repeated FROM customers"))
+        .await
+        .map_err(failed)?
+        .collect()
+        .await
+        .map_err(failed)?;
+    let value = |column: usize| counts.first().map(|b| datafusion::arrow::util::display::array_value_to_string(b.column(column), 0).unwrap_or_default()).unwrap_or_default();
+    let (without_id, repeated) = (value(0), value(1));
+    if without_id != "0" {
+        return Err(DeployError::Invalid(format!("{what}: {without_id} rows have no `{id}`; every customer needs an id")));
+    }
+    if repeated != "0" {
+        let example = session
+            .sql(&format!("SELECT {quoted} FROM customers WHERE {quoted} IS NOT NULL GROUP BY {quoted} HAVING count(*) > 1 ORDER BY {quoted} LIMIT 1"))
+            .await
+            .map_err(failed)?
+            .collect()
+            .await
+            .map_err(failed)?;
+        let shown = example.first().filter(|b| b.num_rows() > 0).map(|b| datafusion::arrow::util::display::array_value_to_string(b.column(0), 0).unwrap_or_default()).unwrap_or_default();
+        return Err(DeployError::Invalid(format!("{what}: `{id}` is not unique: {repeated} rows repeat an earlier id (e.g. {shown}); a feature table has one row per customer")));
+    }
+    Ok(())
+}
+
+/// Writes `batch` as the table folder OUT: staged, then swapped in whole.
+async fn commit(session: &SessionContext, batch: RecordBatch, output: &Path, run_id: &str, run_date: &str) -> Result<DeploySummary, DeployError> {
+    let schema = batch.schema();
+    let frame = session.read_batch(batch).map_err(|e| DeployError::Failed(e.to_string()))?;
+    commit_frame(frame, schema, output, run_id, run_date).await
+}
+
+/// Writes `frame`'s rows, under `schema`, as the table folder OUT: staged, then swapped in whole.
+async fn commit_frame(frame: DataFrame, schema: SchemaRef, output: &Path, run_id: &str, run_date: &str) -> Result<DeploySummary, DeployError> {
+    let (root, table) = output_parts(output)?;
+    let target = TableTarget { root, table, partition: None, run_id: run_id.to_string(), run_date: run_date.to_string(), schema_version: 1 };
+    let live = target.live_dir();
+    let staging = sink::staging_root(&target.root, run_id);
+    let result = async {
+        let staged = sink::stage_as(target, frame, schema).await.map_err(|e| DeployError::Failed(e.to_string()))?;
+        sink::commit(staged).map_err(|e| DeployError::Failed(e.to_string()))
+    }
+    .await;
+    if staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let manifest = result?;
+    Ok(DeploySummary { rows: manifest.rows, path: live })
+}
+
+/// `--output a/b/scores` → root `a/b`, table folder `scores`.
+fn output_parts(output: &Path) -> Result<(PathBuf, String), DeployError> {
+    let absolute = std::path::absolute(output).map_err(|e| DeployError::Invalid(format!("--output {}: {e}", output.display())))?;
+    let table = absolute.file_name().and_then(|n| n.to_str()).map(str::to_string);
+    match (absolute.parent(), table) {
+        (Some(parent), Some(table)) if !table.is_empty() && table != ".." => Ok((parent.to_path_buf(), table)),
+        _ => Err(DeployError::Invalid(format!("--output {}: expected a folder path such as out/customer_segments", output.display()))),
+    }
+}
