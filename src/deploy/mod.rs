@@ -10,9 +10,9 @@
 //! OUT is written by the same commit protocol as a pipeline's tables: staged beside OUT under
 //! `_segflow/staging/`, then swapped in whole with `_manifest.json` and `_SUCCESS`.
 //!
-//! With `--engine` on Ballista, `assign` runs on the executors: they read INPUT and assign it
-//! batch by batch through the `segflow_assign` SQL function ([`udf`]); segflow streams the
-//! assigned rows into OUT and never holds the whole table.
+//! With `--engine` on Ballista, `assign` and `score` run on the executors: they read INPUT and
+//! assign or score it batch by batch through the `segflow_assign` and `segflow_score` SQL
+//! functions ([`udf`]); segflow streams the rows into OUT and never holds the whole table.
 
 pub mod udf;
 
@@ -64,6 +64,9 @@ pub async fn assign(model_path: &Path, input: &Path, output: &Path, run_id: &str
 
 pub async fn score(model_path: &Path, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
     let model = ChurnModel::load(model_path).map_err(DeployError::Invalid)?;
+    if engine_options.engine != Engine::Local {
+        return score_on_cluster(&model, model_path, input, output, run_id, engine_options).await;
+    }
     let (session, data, x) = prepared_input(input, &model.id_column, &model.preparation, engine_options).await?;
     let scores = model.score(x.view()).map_err(|e| DeployError::Failed(format!("scoring input {}: {e}", input.display())))?;
     let batch = churn::scores_batch(&model.id_column, &data.ids, &vec!["score"; data.len()], &[], &scores, model.explain).map_err(|e| DeployError::Failed(e.to_string()))?;
@@ -127,7 +130,7 @@ async fn assign_on_cluster(model: &SegmentModel, input: &Path, output: &Path, ru
     let model_text = String::from_utf8(model.to_json().map_err(DeployError::Failed)?).map_err(|e| DeployError::Failed(e.to_string()))?;
     let mut call = vec![lit(model_text)];
     call.extend(model.preparation.features().iter().map(|f| ident(f.name())));
-    let assign = udf::functions().into_iter().find(|f| f.name() == udf::ASSIGN).ok_or_else(|| DeployError::Failed(format!("{} is not registered", udf::ASSIGN)))?;
+    let assign = udf::function(udf::ASSIGN).ok_or_else(|| DeployError::Failed(format!("{} is not registered", udf::ASSIGN)))?;
     let frame = session
         .table("customers")
         .await
@@ -137,6 +140,48 @@ async fn assign_on_cluster(model: &SegmentModel, input: &Path, output: &Path, ru
         .map_err(failed)?;
     let id_type = schema.field_with_name(id).map(|f| f.data_type().clone()).map_err(|e| DeployError::Failed(e.to_string()))?;
     commit_frame(frame, segment::customers_schema(id, &id_type), output, run_id, &model.run_date).await
+}
+
+/// `score` on Ballista: the executors read INPUT and score it with `segflow_score`, which reads
+/// the forest from MODEL (a folder they must share, like the inputs); the risk deciles rank
+/// the whole input in the query, as the in-process path ranks it (probability descending,
+/// then id). segflow streams the rows into OUT, ordered by id.
+async fn score_on_cluster(model: &ChurnModel, model_path: &Path, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
+    let what = format!("input {}", input.display());
+    let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
+    let folder = std::path::absolute(model_path).map_err(|e| DeployError::Invalid(format!("model {}: {e}", model_path.display())))?;
+    let model_location = InputLocation::Folder(folder.clone());
+    engine::check_inputs_reachable(&engine_options.engine, [("input", &location), ("model", &model_location)].into_iter()).map_err(DeployError::Invalid)?;
+    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
+    let session = engine::run_session(engine_options).await.map_err(|e| DeployError::Failed(format!("cannot start the query engine: {}", engine::describe_datafusion_error(&e))))?;
+    let schema = engine::register_parquet(&session, "customers", &location)
+        .await
+        .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
+    let id = model.id_column.as_str();
+    check_columns(&schema, id, &model.preparation, &what)?;
+    check_ids(&session, id, &what).await?;
+
+    let score = udf::function(udf::SCORE).ok_or_else(|| DeployError::Failed(format!("{} is not registered", udf::SCORE)))?;
+    let mut call = vec![lit(folder.to_string_lossy().into_owned()), lit(model.explain as i64)];
+    call.extend(model.preparation.features().iter().map(|f| ident(f.name())));
+    let scored = session.table("customers").await.and_then(|f| f.select(vec![ident(id), score.call(call).alias("scored")])).map_err(failed)?;
+    session.register_table("scored_customers", scored.into_view()).map_err(failed)?;
+    let quoted = format!("\"{}\"", id.replace('"', "\"\""));
+    let mut columns = vec![
+        quoted.clone(),
+        "'score' AS split".to_string(),
+        "scored['churn_probability'] AS churn_probability".to_string(),
+        format!("CAST(ntile(10) OVER (ORDER BY scored['churn_probability'] DESC, {quoted} ASC) AS INT) AS risk_decile"),
+        "scored['predicted_churn'] AS predicted_churn".to_string(),
+        "CAST(NULL AS BOOLEAN) AS churned".to_string(),
+    ];
+    for i in 1..=model.explain {
+        columns.push(format!("scored['top_feature_{i}'] AS top_feature_{i}"));
+        columns.push(format!("scored['top_contribution_{i}'] AS top_contribution_{i}"));
+    }
+    let frame = session.sql(&format!("SELECT {} FROM scored_customers ORDER BY {quoted}", columns.join(", "))).await.map_err(failed)?;
+    let id_type = schema.field_with_name(id).map(|f| f.data_type().clone()).map_err(|e| DeployError::Failed(e.to_string()))?;
+    commit_frame(frame, churn::scores_schema(id, &id_type, model.explain), output, run_id, &model.run_date).await
 }
 
 /// A feature table has one row per customer: no null id, no id twice (the messages of

@@ -6,7 +6,11 @@
 # failed cleanly and its rerun succeeds. Either way every committed table must still equal the
 # local engine's: never a half-written table. Everything it started is stopped on exit.
 #
-#   tests/ballista/loopback_cluster.sh [--keep]     (--keep leaves the work folder)
+#   tests/ballista/loopback_cluster.sh [--keep] [--no-kill]
+#
+# --keep leaves the work folder; --no-kill skips the run with the killed executor (what
+# .ci/run does: Ballista 55's recovery from a lost executor is not reliable, see the README,
+# so that part is an experiment to run and read, not a check that passes every time).
 #
 # Builds segflow and the two Ballista processes (tests/ballista/cluster: Ballista's own
 # scheduler and executor, see its Cargo.toml) in the dev profile, in the same target folder
@@ -17,7 +21,15 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
-keep=${1:-}
+keep=no
+kill_an_executor=yes
+for arg in "$@"; do
+    case $arg in
+        --keep) keep=yes ;;
+        --no-kill) kill_an_executor=no ;;
+        *) echo "usage: $0 [--keep] [--no-kill]" >&2; exit 2 ;;
+    esac
+done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow/target}"
 
 say() { echo "loopback: $*"; }
@@ -34,14 +46,16 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    if [[ $keep == --keep ]]; then say "work folder kept: $work"; else rm -rf "$work"; fi
+    if [[ $keep == yes ]]; then say "work folder kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
-# Five free ports in a row on 127.0.0.1 (scheduler; flight and gRPC for each executor).
-port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+# Five free ports in a row on 127.0.0.1 (scheduler; flight and gRPC for each executor), below
+# the kernel's range for outgoing connections, so that none is taken between check and bind.
+port_free() { ! ss -Hltan "sport = :$1" | grep -q .; }
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 for _ in $(seq 1 50); do
-    base=$(( 40000 + RANDOM % 20000 ))
+    base=$(( 20000 + RANDOM % (ephemeral_low - 20010) ))
     all_free=yes
     for p in $(seq "$base" $(( base + 4 ))); do port_free "$p" || all_free=no; done
     [[ $all_free == yes ]] && break
@@ -66,9 +80,11 @@ start_executor() {
 pids+=($!)
 start_executor 1 $(( base + 1 )) $(( base + 2 ))
 start_executor 2 $(( base + 3 )) $(( base + 4 ))
+scheduler_pid=${pids[0]}
 registered() { grep -c "register executor request" "$work/scheduler.log" || true; }
 for _ in $(seq 1 120); do
     [[ $(registered) -ge 2 ]] && break
+    kill -0 "$scheduler_pid" 2>/dev/null || fail "the scheduler exited: $(tail -n 3 "$work/scheduler.log")"
     sleep 0.5
 done
 [[ $(registered) -ge 2 ]] || { tail -n 20 "$work"/*.log; fail "the executors did not register with the scheduler within 60 s"; }
@@ -101,66 +117,73 @@ run "df://127.0.0.1:$scheduler_port" cluster first || status=$?
 same_tables first || fail "the cluster's tables differ from the local engine's: $(cat "$work/diff-first.txt")"
 say "cluster: $(( $(date +%s) - started )) s; every table byte-identical to the local engine's ($(find "$work/local-first" -name '*.parquet' -not -path '*/_segflow/*' | wc -l) Parquet files)"
 
-# A second run replaces the same partitions. Executor 2 is killed once it has started 3
-# tasks of this run (the scheduler gives it about 15 of the demo's 80): early in the run, with
-# its shuffle output still needed by later stages. A run that ends before that (a loaded
-# machine) is one more good run, and the next attempt tries again.
-tasks_of_2() { grep -c "Execute task\|Received task" "$work/executor2.log" || true; }
-last_good=first
-killed=no
-for attempt in 1 2 3; do
-    id=kill$attempt
-    before=$(tasks_of_2)
-    started=$(date +%s)
-    run "df://127.0.0.1:$scheduler_port" cluster "$id" &
-    run_pid=$!
-    while kill -0 "$run_pid" 2>/dev/null; do
-        if [[ $(( $(tasks_of_2) - before )) -ge 3 ]]; then
-            kill -9 "$executor2_pid"
-            killed="after $(( $(date +%s) - started )) s, having taken $(( $(tasks_of_2) - before )) tasks"
-            break
-        fi
-        sleep 0.05
+if [[ $kill_an_executor == yes ]]; then
+    # A second run replaces the same partitions. Executor 2 is killed once it has started 3
+    # tasks of this run (the scheduler gives it about 15 of the demo's 80): early in the run, with
+    # its shuffle output still needed by later stages. A run that ends before that (a loaded
+    # machine) is one more good run, and the next attempt tries again.
+    tasks_of_2() { grep -c "Execute task\|Received task" "$work/executor2.log" || true; }
+    last_good=first
+    killed=no
+    for attempt in 1 2 3; do
+        id=kill$attempt
+        before=$(tasks_of_2)
+        started=$(date +%s)
+        run "df://127.0.0.1:$scheduler_port" cluster "$id" &
+        run_pid=$!
+        while kill -0 "$run_pid" 2>/dev/null; do
+            if [[ $(( $(tasks_of_2) - before )) -ge 3 ]]; then
+                kill -9 "$executor2_pid"
+                killed="after $(( $(date +%s) - started )) s, having taken $(( $(tasks_of_2) - before )) tasks"
+                break
+            fi
+            sleep 0.05
+        done
+        status=0
+        wait "$run_pid" || status=$?
+        [[ $killed != no ]] && break
+        [[ $status -eq 0 ]] || fail "run $id failed with no executor killed (exit $status): $(tail -n 5 "$work/cluster-$id.log")"
+        last_good=$id
+        say "run $id ended before executor 2 started 3 of its tasks; trying again"
     done
-    status=0
-    wait "$run_pid" || status=$?
-    [[ $killed != no ]] && break
-    [[ $status -eq 0 ]] || fail "run $id failed with no executor killed (exit $status): $(tail -n 5 "$work/cluster-$id.log")"
-    last_good=$id
-    say "run $id ended before executor 2 started 3 of its tasks; trying again"
+    [[ $killed != no ]] || fail "three runs ended before executor 2 started 3 tasks; nothing was killed"
+    say "executor 2 killed with SIGKILL $killed"
+    if [[ $status -eq 0 ]]; then
+        recovered=$(grep -c "Reset [0-9]* tasks\|resubmit" "$work/scheduler.log" || true)
+        say "run $id: succeeded in $(( $(date +%s) - started )) s on the surviving executor (the scheduler logged $recovered task resets or stage resubmissions)"
+    elif [[ $status -eq 124 ]]; then
+        fail "run $id: still running after 300 s"
+    else
+        say "run $id: failed cleanly (exit $status) in $(( $(date +%s) - started )) s: $(grep -m1 -i 'error' "$work/cluster-$id.log" | cut -c1-300)"
+    fi
+    # After a success the tables are this run's; after a failure still the last good run's.
+    [[ $status -eq 0 ]] && last_good=$id
+    same_tables "$last_good" || fail "after the kill, the committed tables differ from the local engine's run '$last_good' (Ballista's recovery gave wrong rows: see the README): $(cat "$work/diff-$last_good.txt")"
+    say "every committed table equals the local engine's run '$last_good' byte for byte (no partial or mixed file)"
+    if [[ $status -ne 0 ]]; then
+        start_executor 2 $(( base + 3 )) $(( base + 4 ))
+        started=$(date +%s)
+        status=0
+        run "df://127.0.0.1:$scheduler_port" cluster third || status=$?
+        [[ $status -eq 0 ]] || fail "the rerun after the failure exited $status: $(tail -n 5 "$work/cluster-third.log")"
+        same_tables third || fail "the rerun's tables differ from the local engine's: $(cat "$work/diff-third.txt")"
+        say "rerun with executor 2 restarted: succeeded in $(( $(date +%s) - started )) s, tables byte-identical to the local engine's"
+    fi
+fi
+
+# Assigning and scoring a table with the saved models run on the executors too (the
+# segflow_assign and segflow_score SQL functions, registered on the scheduler and executors):
+# the same files as in-process.
+customers="$work/local-first/customer_features/run_date=2025-01-01"
+for command in assign score; do
+    case $command in assign) model=segments ;; score) model=churn ;; esac
+    model="$work/local-first/models/$model/run_date=2025-01-01"
+    timeout 120 "$segflow" "$command" "$model" "$customers" --output "$work/$command/local" --run-id same >"$work/$command-local.log" 2>&1 \
+        || fail "$command on the local engine failed: $(tail -n 5 "$work/$command-local.log")"
+    before=$(cat "$work"/executor*.log | grep -c "Execute task\|Received task" || true)
+    timeout 120 "$segflow" "$command" "$model" "$customers" --output "$work/$command/cluster" --run-id same \
+        --engine "df://127.0.0.1:$scheduler_port" >"$work/$command-cluster.log" 2>&1 || fail "$command on the cluster failed: $(tail -n 5 "$work/$command-cluster.log")"
+    cmp -s "$work/$command/local/part-00000-same.parquet" "$work/$command/cluster/part-00000-same.parquet" || fail "$command: the cluster's file differs from the local engine's"
+    say "$command on the cluster: the same file as in-process ($(( $(cat "$work"/executor*.log | grep -c "Execute task\|Received task" || true) - before )) tasks on the executors)"
 done
-[[ $killed != no ]] || fail "three runs ended before executor 2 started 3 tasks; nothing was killed"
-say "executor 2 killed with SIGKILL $killed"
-if [[ $status -eq 0 ]]; then
-    recovered=$(grep -c "Reset [0-9]* tasks\|resubmit" "$work/scheduler.log" || true)
-    say "run $id: succeeded in $(( $(date +%s) - started )) s on the surviving executor (the scheduler logged $recovered task resets or stage resubmissions)"
-elif [[ $status -eq 124 ]]; then
-    fail "run $id: still running after 300 s"
-else
-    say "run $id: failed cleanly (exit $status) in $(( $(date +%s) - started )) s: $(grep -m1 -i 'error' "$work/cluster-$id.log" | cut -c1-300)"
-fi
-# After a success the tables are this run's; after a failure still the last good run's.
-[[ $status -eq 0 ]] && last_good=$id
-same_tables "$last_good" || fail "after the kill, the committed tables differ from the local engine's run '$last_good': $(cat "$work/diff-$last_good.txt")"
-say "every committed table equals the local engine's run '$last_good' byte for byte (no partial or mixed file)"
-if [[ $status -ne 0 ]]; then
-    start_executor 2 $(( base + 3 )) $(( base + 4 ))
-    started=$(date +%s)
-    status=0
-    run "df://127.0.0.1:$scheduler_port" cluster third || status=$?
-    [[ $status -eq 0 ]] || fail "the rerun after the failure exited $status: $(tail -n 5 "$work/cluster-third.log")"
-    same_tables third || fail "the rerun's tables differ from the local engine's: $(cat "$work/diff-third.txt")"
-    say "rerun with executor 2 restarted: succeeded in $(( $(date +%s) - started )) s, tables byte-identical to the local engine's"
-fi
-# Assigning a table with the saved segment model runs on the executors too (the
-# segflow_assign SQL function, registered on them): the same file as in-process.
-model="models/segments/run_date=2025-01-01"
-customers="customer_features/run_date=2025-01-01"
-timeout 120 "$segflow" assign "$work/local-first/$model" "$work/local-first/$customers" --output "$work/assigned/local" --run-id same >"$work/assign-local.log" 2>&1 \
-    || fail "assign on the local engine failed: $(tail -n 5 "$work/assign-local.log")"
-before=$(grep -c "Execute task\|Received task" "$work/executor1.log" || true)
-timeout 120 "$segflow" assign "$work/local-first/$model" "$work/local-first/$customers" --output "$work/assigned/cluster" --run-id same \
-    --engine "df://127.0.0.1:$scheduler_port" >"$work/assign-cluster.log" 2>&1 || fail "assign on the cluster failed: $(tail -n 5 "$work/assign-cluster.log")"
-cmp -s "$work/assigned/local/part-00000-same.parquet" "$work/assigned/cluster/part-00000-same.parquet" || fail "the cluster's assignments differ from the local engine's"
-say "assign on the cluster: the same file as in-process ($(( $(grep -c "Execute task\|Received task" "$work/executor1.log" || true) - before )) tasks on executor 1)"
 say "passed"

@@ -31,20 +31,23 @@ fn the_demo_on_ballista_standalone_writes_the_same_tables_as_the_local_engine() 
     assert!(files_under(&sandbox.path("ballista/_segflow/staging")).is_empty());
 }
 
-/// `segflow assign` on Ballista runs the saved model on the executors (the `segflow_assign`
-/// SQL function, batch by batch) and writes the same file as the in-process assignment.
+/// `segflow assign` and `segflow score` on Ballista run the saved models on the executors (the
+/// `segflow_assign` and `segflow_score` SQL functions, batch by batch; the risk deciles ranked
+/// by the query) and write the same files as in-process.
 #[test]
-fn assigning_on_ballista_standalone_writes_the_same_file_as_in_process() {
+fn assigning_and_scoring_on_ballista_standalone_write_the_same_files_as_in_process() {
     let sandbox = crate::churn::demo_sandbox(300);
     let ran = segflow_in_within(sandbox.root(), &["run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--run-id", "fit", "--output-root", "out"], HANG).expect("the demo run finishes");
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let (model, customers) = ("out/models/segments/run_date=2025-01-01", "out/customer_features/run_date=2025-01-01");
-    for (output, engine) in [("assigned/local", "local"), ("assigned/ballista", "ballista-standalone")] {
-        let args = ["assign", model, customers, "--output", output, "--run-id", "same", "--engine", engine];
-        let ran = segflow_in_within(sandbox.root(), &args, HANG).unwrap_or_else(|| panic!("{engine}: assign was still going after {HANG:?}"));
-        assert_eq!(ran.code, 0, "{engine}: {}", ran.stderr);
+    let customers = "out/customer_features/run_date=2025-01-01";
+    for (command, model) in [("assign", "out/models/segments/run_date=2025-01-01"), ("score", "out/models/churn/run_date=2025-01-01")] {
+        for engine in ["local", "ballista-standalone"] {
+            let output = format!("{command}/{engine}");
+            let args = [command, model, customers, "--output", &output, "--run-id", "same", "--engine", engine];
+            let ran = segflow_in_within(sandbox.root(), &args, HANG).unwrap_or_else(|| panic!("{command} on {engine}: still going after {HANG:?}"));
+            assert_eq!(ran.code, 0, "{command} on {engine}: {}", ran.stderr);
+        }
+        let file = |engine: &str| std::fs::read(sandbox.path(&format!("{command}/{engine}/part-00000-same.parquet"))).unwrap();
+        assert!(file("local") == file("ballista-standalone"), "{command}: the file differs between the local engine and Ballista");
     }
-    let file = "part-00000-same.parquet";
-    let (local, ballista) = (std::fs::read(sandbox.path(&format!("assigned/local/{file}"))).unwrap(), std::fs::read(sandbox.path(&format!("assigned/ballista/{file}"))).unwrap());
-    assert!(local == ballista, "the assignments differ between the local engine and Ballista");
 }
