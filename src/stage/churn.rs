@@ -706,13 +706,26 @@ impl Stage for ChurnStage {
         let split = self.split(&data, &labels, ctx.seed, &what).map_err(fail)?;
         let specs: Vec<FeatureSpec> = self.features.iter().map(|f| f.spec.clone()).collect();
         let kinds: Vec<(&str, FeatureKind)> = specs.iter().map(|s| (s.name(), s.kind())).collect();
-        let train_data = data.take(&split.train).map_err(fail)?;
-        let train_text = text_views(&train_data);
-        let preparation = Preparation::fit(&specs, &feature_columns(&train_data, &train_text, &kinds)).map_err(|e| fail(format!("feature preparation (training split): {e}")))?;
-        let text = text_views(&data);
-        let x = preparation.transform(&feature_columns(&data, &text, &kinds)).map_err(|e| fail(format!("feature preparation: {e}")))?;
-        let x_train = x.select(Axis(0), &split.train);
-        let x_test = x.select(Axis(0), &split.test);
+        // Each copy of the customers lives only as long as it is needed: at 100M transaction
+        // lines they are gigabytes each (the training side's columns, the prepared matrices).
+        let preparation = {
+            let train_data = data.take(&split.train).map_err(fail)?;
+            let train_text = text_views(&train_data);
+            Preparation::fit(&specs, &feature_columns(&train_data, &train_text, &kinds)).map_err(|e| fail(format!("feature preparation (training split): {e}")))?
+        };
+        let prepare_training_table = |data: &FeatureData| {
+            let text = text_views(data);
+            preparation.transform(&feature_columns(data, &text, &kinds)).map_err(|e| fail(format!("feature preparation: {e}")))
+        };
+        let (x_train, x_test) = {
+            let x = prepare_training_table(&data)?;
+            (x.select(Axis(0), &split.train), x.select(Axis(0), &split.test))
+        };
+        // The training table's columns are needed again only when it is also the table scored.
+        let to_score = match self.score.as_ref().filter(|s| **s != self.table) {
+            Some(table) => ToScore::OtherTable(table),
+            None => ToScore::TrainingTable(data),
+        };
         let y_train: Vec<usize> = split.train.iter().map(|&r| labels[r]).collect();
         let y_test: Vec<usize> = split.test.iter().map(|&r| labels[r]).collect();
         let prepared_names = preparation.output_names();
@@ -799,23 +812,28 @@ impl Stage for ChurnStage {
             training_customers: y_train.len() as u64,
             training_churn_rate: y_train.iter().sum::<usize>() as f64 / y_train.len().max(1) as f64,
         };
-        let scores_batch = match self.score.as_ref().filter(|s| **s != self.table) {
-            None => {
-                let mut splits = vec!["train"; data.len()];
-                split.test.iter().for_each(|&r| splits[r] = "test");
-                let observed: Vec<Option<bool>> = labels.iter().map(|&l| Some(l == 1)).collect();
-                let scores = model.score(x.view()).map_err(fail)?;
-                scores_batch(&self.id.value, &data.ids, &splits, &observed, &scores, self.explain)
-            }
-            Some(score_table) => {
+        let scores_batch = match to_score {
+            ToScore::OtherTable(score_table) => {
                 let what = format!("input `{score_table}`");
                 let frame = session.table(score_table.as_str()).await?;
                 let numeric: Vec<String> = self.features.iter().filter(|f| f.is_numeric()).map(|f| f.name.value.clone()).collect();
                 let to_score = read_features(frame, &self.id.value, &numeric, &categorical, &what).await.map_err(fail)?;
-                let text = text_views(&to_score);
-                let x_score = preparation.transform(&feature_columns(&to_score, &text, &kinds)).map_err(|e| fail(format!("{what}: {e}")))?;
+                let x_score = {
+                    let text = text_views(&to_score);
+                    preparation.transform(&feature_columns(&to_score, &text, &kinds)).map_err(|e| fail(format!("{what}: {e}")))?
+                };
+                let ids = to_score.ids.clone();
+                drop(to_score);
                 let scores = model.score(x_score.view()).map_err(fail)?;
-                scores_batch(&self.id.value, &to_score.ids, &vec!["score"; to_score.len()], &[], &scores, self.explain)
+                drop(x_score);
+                scores_batch(&self.id.value, &ids, &vec!["score"; ids.len()], &[], &scores, self.explain)
+            }
+            ToScore::TrainingTable(data) => {
+                let mut splits = vec!["train"; data.len()];
+                split.test.iter().for_each(|&r| splits[r] = "test");
+                let observed: Vec<Option<bool>> = labels.iter().map(|&l| Some(l == 1)).collect();
+                let scores = model.score(prepare_training_table(&data)?.view()).map_err(fail)?;
+                scores_batch(&self.id.value, &data.ids, &splits, &observed, &scores, self.explain)
             }
         }
         .map_err(|e| fail(e.to_string()))?;
@@ -1073,4 +1091,11 @@ fn push_by_segment(evaluation: &mut EvaluationRows, batch: &RecordBatch) {
         evaluation.push(FOREST, "score", "predicted_churn_rate", keys.clone(), Some(predicted_rate.value(row)));
         evaluation.push(FOREST, "score", "observed_churn_rate", keys, (!observed.is_null(row)).then(|| observed.value(row)));
     }
+}
+
+/// What the churn stage scores: another table (read when scoring), or the training table, whose
+/// columns it then keeps from training on.
+enum ToScore<'a, T> {
+    OtherTable(&'a T),
+    TrainingTable(FeatureData),
 }

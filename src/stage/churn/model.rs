@@ -182,24 +182,29 @@ impl ChurnModel {
     /// Scores prepared rows: probability, decile, decision and explanation for each.
     pub fn score(&self, x: ArrayView2<'_, f64>) -> Result<Vec<Score>, String> {
         let probabilities = self.fitted.predict_proba(x).map_err(|e| e.to_string())?;
-        let contributions = self.fitted.contributions(x).map_err(|e| e.to_string())?;
         let groups = feature_groups(&self.preparation);
         let names: Vec<&str> = self.preparation.features().iter().map(|f| f.name()).collect();
         let deciles = risk_deciles(probabilities.as_slice().unwrap_or(&probabilities.to_vec()));
-        Ok((0..x.nrows())
-            .map(|row| {
+        let mut scores = Vec::with_capacity(x.nrows());
+        // Contributions a block of rows at a time: the whole matrix (rows × prepared columns)
+        // would be gigabytes for millions of customers, and only each row's top few are kept.
+        for start in (0..x.nrows()).step_by(CONTRIBUTION_ROWS) {
+            let end = (start + CONTRIBUTION_ROWS).min(x.nrows());
+            let contributions = self.fitted.contributions(x.slice(ndarray::s![start..end, ..])).map_err(|e| e.to_string())?;
+            for row in start..end {
                 let mut per_feature = vec![0.0; names.len()];
                 for (column, &feature) in groups.iter().enumerate() {
-                    per_feature[feature] += contributions.per_feature[[row, column]];
+                    per_feature[feature] += contributions.per_feature[[row - start, column]];
                 }
-                Score {
+                scores.push(Score {
                     probability: probabilities[row],
                     decile: deciles[row],
                     predicted: probabilities[row] >= self.threshold,
                     top: top_contributions(&per_feature, self.explain).into_iter().map(|(f, c)| (names[f].to_string(), c)).collect(),
-                }
-            })
-            .collect())
+                });
+            }
+        }
+        Ok(scores)
     }
 }
 
@@ -356,6 +361,9 @@ pub fn top_contributions(per_feature: &[f64], n: usize) -> Vec<(usize, f64)> {
     order.sort_by(|&a, &b| per_feature[b].abs().total_cmp(&per_feature[a].abs()).then(a.cmp(&b)));
     order.into_iter().take(n).map(|f| (f, per_feature[f])).collect()
 }
+
+/// Rows whose path contributions are computed together when scoring.
+const CONTRIBUTION_ROWS: usize = 65_536;
 
 /// Risk deciles: customers ranked by probability, highest first (ties by row order), cut into
 /// ten groups by the same rule as the lift table (`n = 10q + r`: the first `r` deciles get
