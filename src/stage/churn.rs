@@ -723,7 +723,11 @@ impl Stage for ChurnStage {
         };
         // The training table's columns are needed again only when it is also the table scored.
         let to_score = match self.score.as_ref().filter(|s| **s != self.table) {
-            Some(table) => ToScore::OtherTable(table),
+            Some(table) => {
+                // Not moved on this arm, so it would otherwise live to the end of the stage.
+                drop(data);
+                ToScore::OtherTable(table)
+            }
             None => ToScore::TrainingTable(data),
         };
         let y_train: Vec<usize> = split.train.iter().map(|&r| labels[r]).collect();
