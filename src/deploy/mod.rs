@@ -19,7 +19,7 @@ pub mod udf;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::logical_expr::{col, ident, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -115,17 +115,9 @@ fn check_columns(schema: &Schema, id_column: &str, preparation: &Preparation, wh
 /// OUT's rows, ordered by id as the in-process path orders them. The id checks the in-process
 /// path makes while reading run here as two small queries.
 async fn assign_on_cluster(model: &SegmentModel, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
-    let what = format!("input {}", input.display());
-    let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
-    engine::check_inputs_reachable(&engine_options.engine, [("input", &location)].into_iter()).map_err(DeployError::Invalid)?;
-    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
-    let session = engine::run_session(engine_options).await.map_err(|e| DeployError::Failed(format!("cannot start the query engine: {}", engine::describe_datafusion_error(&e))))?;
-    let schema = engine::register_parquet(&session, "customers", &location)
-        .await
-        .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
     let id = model.id_column.as_str();
-    check_columns(&schema, id, &model.preparation, &what)?;
-    check_ids(&session, id, &what).await?;
+    let ClusterInput { session, id_type, what } = cluster_input(input, None, id, &model.preparation, engine_options).await?;
+    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
 
     let model_text = String::from_utf8(model.to_json().map_err(DeployError::Failed)?).map_err(|e| DeployError::Failed(e.to_string()))?;
     let mut call = vec![lit(model_text)];
@@ -138,7 +130,6 @@ async fn assign_on_cluster(model: &SegmentModel, input: &Path, output: &Path, ru
         .and_then(|f| f.select(vec![ident(id), get_field(col("assigned"), "segment").alias("segment"), get_field(col("assigned"), "distance").alias("distance"), get_field(col("assigned"), "second_segment").alias("second_segment")]))
         .and_then(|f| f.sort(vec![ident(id).sort(true, true)]))
         .map_err(failed)?;
-    let id_type = schema.field_with_name(id).map(|f| f.data_type().clone()).map_err(|e| DeployError::Failed(e.to_string()))?;
     commit_frame(frame, segment::customers_schema(id, &id_type), output, run_id, &model.run_date).await
 }
 
@@ -147,26 +138,17 @@ async fn assign_on_cluster(model: &SegmentModel, input: &Path, output: &Path, ru
 /// the whole input in the query, as the in-process path ranks it (probability descending,
 /// then id). segflow streams the rows into OUT, ordered by id.
 async fn score_on_cluster(model: &ChurnModel, model_path: &Path, input: &Path, output: &Path, run_id: &str, engine_options: &EngineOptions) -> Result<DeploySummary, DeployError> {
-    let what = format!("input {}", input.display());
-    let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
     let folder = std::path::absolute(model_path).map_err(|e| DeployError::Invalid(format!("model {}: {e}", model_path.display())))?;
-    let model_location = InputLocation::Folder(folder.clone());
-    engine::check_inputs_reachable(&engine_options.engine, [("input", &location), ("model", &model_location)].into_iter()).map_err(DeployError::Invalid)?;
-    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
-    let session = engine::run_session(engine_options).await.map_err(|e| DeployError::Failed(format!("cannot start the query engine: {}", engine::describe_datafusion_error(&e))))?;
-    let schema = engine::register_parquet(&session, "customers", &location)
-        .await
-        .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
     let id = model.id_column.as_str();
-    check_columns(&schema, id, &model.preparation, &what)?;
-    check_ids(&session, id, &what).await?;
+    let ClusterInput { session, id_type, what } = cluster_input(input, Some(&folder), id, &model.preparation, engine_options).await?;
+    let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
 
     let score = udf::function(udf::SCORE).ok_or_else(|| DeployError::Failed(format!("{} is not registered", udf::SCORE)))?;
     let mut call = vec![lit(folder.to_string_lossy().into_owned()), lit(model.explain as i64)];
     call.extend(model.preparation.features().iter().map(|f| ident(f.name())));
     let scored = session.table("customers").await.and_then(|f| f.select(vec![ident(id), score.call(call).alias("scored")])).map_err(failed)?;
     session.register_table("scored_customers", scored.into_view()).map_err(failed)?;
-    let quoted = format!("\"{}\"", id.replace('"', "\"\""));
+    let quoted = engine::quote_ident(id);
     let mut columns = vec![
         quoted.clone(),
         "'score' AS split".to_string(),
@@ -180,15 +162,42 @@ async fn score_on_cluster(model: &ChurnModel, model_path: &Path, input: &Path, o
         columns.push(format!("scored['top_contribution_{i}'] AS top_contribution_{i}"));
     }
     let frame = session.sql(&format!("SELECT {} FROM scored_customers ORDER BY {quoted}", columns.join(", "))).await.map_err(failed)?;
-    let id_type = schema.field_with_name(id).map(|f| f.data_type().clone()).map_err(|e| DeployError::Failed(e.to_string()))?;
     commit_frame(frame, churn::scores_schema(id, &id_type, model.explain), output, run_id, &model.run_date).await
+}
+
+/// INPUT read on a Ballista cluster, registered as `customers`: what `assign` and `score` share.
+struct ClusterInput {
+    session: SessionContext,
+    /// The id column's type, for the output table's schema.
+    id_type: DataType,
+    /// INPUT as messages name it.
+    what: String,
+}
+
+/// Registers INPUT on the cluster's session after checking that the executors can read it (and
+/// `model_folder`, when they read the model too), that it has every column the model needs
+/// and one row per id.
+async fn cluster_input(input: &Path, model_folder: Option<&Path>, id: &str, preparation: &Preparation, engine_options: &EngineOptions) -> Result<ClusterInput, DeployError> {
+    let what = format!("input {}", input.display());
+    let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
+    let model_location = model_folder.map(|folder| InputLocation::Folder(folder.to_path_buf()));
+    let shared = std::iter::once(("input", &location)).chain(model_location.as_ref().map(|m| ("model", m)));
+    engine::check_inputs_reachable(&engine_options.engine, shared).map_err(DeployError::Invalid)?;
+    let session = engine::run_session(engine_options).await.map_err(|e| DeployError::Failed(format!("cannot start the query engine: {}", engine::describe_datafusion_error(&e))))?;
+    let schema = engine::register_parquet(&session, "customers", &location)
+        .await
+        .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
+    check_columns(&schema, id, preparation, &what)?;
+    check_ids(&session, id, &what).await?;
+    let id_type = schema.field_with_name(id).map(|f| f.data_type().clone()).map_err(|e| DeployError::Failed(e.to_string()))?;
+    Ok(ClusterInput { session, id_type, what })
 }
 
 /// A feature table has one row per customer: no null id, no id twice (the messages of
 /// [`read_features`], which checks the same while reading in-process).
 async fn check_ids(session: &SessionContext, id: &str, what: &str) -> Result<(), DeployError> {
     let failed = |e: datafusion::error::DataFusionError| DeployError::Failed(format!("{what}: {}", engine::describe_datafusion_error(&e)));
-    let quoted = format!("\"{}\"", id.replace('"', "\"\""));
+    let quoted = engine::quote_ident(id);
     let counts = session
         .sql(&format!("SELECT count(*) - count({quoted}) AS without_id, count({quoted}) - count(DISTINCT {quoted}) AS repeated FROM customers"))
         .await

@@ -19,14 +19,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int32Builder, StringBuilder, StructArray};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, Int32Builder, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, internal_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use segflow_ml::prep::{FeatureColumn, FeatureKind};
 
-use crate::stage::churn::ChurnModel;
+use crate::stage::churn::{ChurnModel, top_columns};
 use crate::stage::segment::SegmentModel;
 
 pub const ASSIGN: &str = "segflow_assign";
@@ -245,30 +245,10 @@ impl ScalarUDFImpl for ScoreUdf {
         // `score` also ranks the rows into deciles; within one batch that rank is meaningless
         // and is dropped: the query ranks the whole input.
         let scores = model.score(x.view()).map_err(|e| DataFusionError::Execution(format!("{SCORE}: {e}")))?;
-        let mut probability = Float64Builder::with_capacity(rows);
-        let mut predicted = BooleanBuilder::with_capacity(rows);
-        let mut top: Vec<(StringBuilder, Float64Builder)> = (0..model.explain).map(|_| (StringBuilder::new(), Float64Builder::new())).collect();
-        for score in &scores {
-            probability.append_value(score.probability);
-            predicted.append_value(score.predicted);
-            for (i, (name, value)) in top.iter_mut().enumerate() {
-                match score.top.get(i) {
-                    Some((feature, contribution)) => {
-                        name.append_value(feature);
-                        value.append_value(*contribution);
-                    }
-                    None => {
-                        name.append_null();
-                        value.append_null();
-                    }
-                }
-            }
-        }
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(probability.finish()), Arc::new(predicted.finish())];
-        for (mut name, mut value) in top {
-            columns.push(Arc::new(name.finish()));
-            columns.push(Arc::new(value.finish()));
-        }
+        let probability: Float64Array = scores.iter().map(|s| Some(s.probability)).collect();
+        let predicted: BooleanArray = scores.iter().map(|s| Some(s.predicted)).collect();
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(probability), Arc::new(predicted)];
+        columns.extend(top_columns(&scores, model.explain));
         Ok(ColumnarValue::Array(Arc::new(StructArray::try_new(score_fields(model.explain), columns, None)?)))
     }
 }

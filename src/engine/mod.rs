@@ -110,6 +110,11 @@ pub fn check_inputs_reachable<'a>(engine: &Engine, inputs: impl Iterator<Item = 
     ))
 }
 
+/// `"name"` with embedded quotes doubled: a column name as a SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// The session a run executes in: local, or on Ballista (planning stays here; the physical
 /// plans go to the scheduler, which runs them on its executors).
 pub async fn run_session(options: &EngineOptions) -> Result<SessionContext, DataFusionError> {

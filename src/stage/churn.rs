@@ -45,7 +45,7 @@ mod evaluate;
 pub mod label;
 mod model;
 
-pub use model::{ChurnModel, MODEL_FILE, Score, scores_batch, scores_schema};
+pub use model::{ChurnModel, MODEL_FILE, Score, scores_batch, scores_schema, top_columns};
 
 use std::sync::Arc;
 

@@ -43,7 +43,7 @@ use serde::Deserialize;
 
 use super::{BuildContext, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, from_node, quoted_list};
-use crate::engine::{declared_type, describe_datafusion_error, unknown_type};
+use crate::engine::{declared_type, describe_datafusion_error, quote_ident, unknown_type};
 
 pub struct CleanKind;
 
@@ -387,11 +387,6 @@ impl StageKind for CleanKind {
             tests,
         }))
     }
-}
-
-/// `"name"` with embedded quotes doubled: a column name as a SQL identifier.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A constant as a SQL literal of the column's type.

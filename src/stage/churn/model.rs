@@ -412,14 +412,31 @@ pub fn scores_batch(id_column: &str, ids: &ArrayRef, splits: &[&str], labels: &[
     let mut decile = Int32Builder::with_capacity(n);
     let mut predicted = BooleanBuilder::with_capacity(n);
     let mut churned = BooleanBuilder::with_capacity(n);
-    let mut features: Vec<(StringBuilder, Float64Builder)> = (0..explain).map(|_| (StringBuilder::new(), Float64Builder::new())).collect();
     for (row, score) in scores.iter().enumerate() {
         split.append_value(splits[row]);
         probability.append_value(score.probability);
         decile.append_value(i32::from(score.decile));
         predicted.append_value(score.predicted);
         churned.append_option(labels.get(row).copied().flatten());
-        for (i, (name, value)) in features.iter_mut().enumerate() {
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        ids.clone(),
+        Arc::new(split.finish()),
+        Arc::new(probability.finish()),
+        Arc::new(decile.finish()),
+        Arc::new(predicted.finish()),
+        Arc::new(churned.finish()),
+    ];
+    columns.extend(top_columns(scores, explain));
+    RecordBatch::try_new(scores_schema(id_column, ids.data_type(), explain), columns)
+}
+
+/// The `top_feature_i`, `top_contribution_i` columns of `scores` for i in 1..=`explain`, in that
+/// order; null where a row has fewer than i contributing features.
+pub fn top_columns(scores: &[Score], explain: usize) -> Vec<ArrayRef> {
+    let mut top: Vec<(StringBuilder, Float64Builder)> = (0..explain).map(|_| (StringBuilder::new(), Float64Builder::new())).collect();
+    for score in scores {
+        for (i, (name, value)) in top.iter_mut().enumerate() {
             match score.top.get(i) {
                 Some((feature, contribution)) => {
                     name.append_value(feature);
@@ -432,19 +449,7 @@ pub fn scores_batch(id_column: &str, ids: &ArrayRef, splits: &[&str], labels: &[
             }
         }
     }
-    let mut columns: Vec<ArrayRef> = vec![
-        ids.clone(),
-        Arc::new(split.finish()),
-        Arc::new(probability.finish()),
-        Arc::new(decile.finish()),
-        Arc::new(predicted.finish()),
-        Arc::new(churned.finish()),
-    ];
-    for (mut name, mut value) in features {
-        columns.push(Arc::new(name.finish()));
-        columns.push(Arc::new(value.finish()));
-    }
-    RecordBatch::try_new(scores_schema(id_column, ids.data_type(), explain), columns)
+    top.into_iter().flat_map(|(mut name, mut value)| [Arc::new(name.finish()) as ArrayRef, Arc::new(value.finish())]).collect()
 }
 
 #[cfg(test)]
