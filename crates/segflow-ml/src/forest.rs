@@ -705,15 +705,51 @@ fn check_width(x: &ArrayView2<'_, f64>, expected: usize) -> Result<(), ForestErr
 /// Rows per rayon task in prediction; the result does not depend on it.
 const PREDICT_CHUNK_ROWS: usize = 256;
 
-/// The prediction layout of `trees` (see `flat.rs`), in tree order.
-fn flatten(trees: &[Tree], n_features: usize) -> Result<Vec<FlatTree>, ForestError> {
+/// Nodes laid out for prediction at a time. A forest is walked a group of consecutive trees at
+/// a time, each group flattened just before its walk and dropped after it, so a prediction holds
+/// at most about 100 MB of `FlatTree` (24 bytes a node) besides the stored trees. Flattening the
+/// whole forest at once held 1 GB for 100 trees fitted on 1.7M customers (44M nodes), on each
+/// thread that predicted (permutation importance runs two), which was most of the 100M run's
+/// peak. Each row still sums its trees in tree order, so results do not depend on the grouping.
+const FLAT_NODES_PER_GROUP: usize = 1 << 22;
+
+/// The prediction layout of `trees` (see `flat.rs`), in tree order; `first_tree` is the index
+/// of `trees[0]` in its forest, for errors.
+fn flatten(
+    trees: &[Tree],
+    first_tree: usize,
+    n_features: usize,
+) -> Result<Vec<FlatTree>, ForestError> {
     let flat: Vec<Result<FlatTree, ForestError>> = trees
         .par_iter()
         .enumerate()
-        .map(|(tree_index, tree)| FlatTree::new(tree, tree_index, n_features))
+        .map(|(offset, tree)| FlatTree::new(tree, first_tree + offset, n_features))
         .collect();
     // Sequentially, so the error reported is the first malformed tree's whatever the threads.
     flat.into_iter().collect()
+}
+
+/// Calls `walk(first_tree, group)` for consecutive groups of `trees`, flattened, in tree order:
+/// each group at most `group_nodes` nodes (or a single larger tree). Stops at the first
+/// malformed tree.
+fn for_each_flat_group(
+    trees: &[Tree],
+    n_features: usize,
+    group_nodes: usize,
+    mut walk: impl FnMut(usize, &[FlatTree]),
+) -> Result<(), ForestError> {
+    let mut first = 0;
+    while first < trees.len() {
+        let mut end = first + 1;
+        let mut nodes = trees[first].len();
+        while end < trees.len() && nodes + trees[end].len() <= group_nodes {
+            nodes += trees[end].len();
+            end += 1;
+        }
+        walk(first, &flatten(&trees[first..end], first, n_features)?);
+        first = end;
+    }
+    Ok(())
 }
 
 /// `x` as one row-major slice (row `r` is `r * ncols..(r + 1) * ncols`): borrowed when the view
@@ -727,60 +763,73 @@ fn row_major<'a>(x: &ArrayView2<'a, f64>) -> Cow<'a, [f64]> {
 }
 
 /// Mean positive-class leaf fraction over `trees`, for every row (trees summed in order).
-fn mean_positive_probability(trees: &[FlatTree], x: ArrayView2<'_, f64>) -> Array1<f64> {
-    let n_features = x.ncols();
+fn mean_positive_probability(
+    trees: &[Tree],
+    n_features: usize,
+    x: ArrayView2<'_, f64>,
+    group_nodes: usize,
+) -> Result<Array1<f64>, ForestError> {
     let values = row_major(&x);
     let mut out = vec![0.0; x.nrows()];
-    out.par_chunks_mut(PREDICT_CHUNK_ROWS)
-        .enumerate()
-        .for_each(|(chunk, out)| {
-            let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
-            // Trees outer, rows inner: a tree's upper nodes stay in cache across the chunk. Each
-            // row still sums its trees in tree order, so the result is the same bit for bit.
-            for tree in trees {
-                tree.add_leaf_values(rows, n_features, out);
-            }
-            out.iter_mut().for_each(|sum| *sum /= trees.len() as f64);
-        });
-    Array1::from(out)
+    for_each_flat_group(trees, n_features, group_nodes, |_, group| {
+        out.par_chunks_mut(PREDICT_CHUNK_ROWS)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
+                // Trees outer, rows inner: a tree's upper nodes stay in cache across the chunk.
+                // Each row still sums its trees in tree order, so the result is the same bit
+                // for bit.
+                for tree in group {
+                    tree.add_leaf_values(rows, n_features, out);
+                }
+            });
+    })?;
+    out.iter_mut().for_each(|sum| *sum /= trees.len() as f64);
+    Ok(Array1::from(out))
 }
 
-fn contributions_of(trees: &[FlatTree], x: ArrayView2<'_, f64>) -> Contributions {
-    let (n_rows, n_features) = x.dim();
+fn contributions_of(
+    trees: &[Tree],
+    n_features: usize,
+    x: ArrayView2<'_, f64>,
+    group_nodes: usize,
+) -> Result<Contributions, ForestError> {
+    let n_rows = x.nrows();
     let n_trees = trees.len() as f64;
-    let bias = trees
-        .iter()
-        .map(FlatTree::root_positive_fraction)
-        .sum::<f64>()
-        / n_trees;
-    if n_features == 0 {
-        // No feature, so no split to credit (and no row width to chunk by).
-        return Contributions {
-            bias,
-            per_feature: Array2::zeros((n_rows, 0)),
-        };
-    }
     let values = row_major(&x);
+    let mut root_sum = 0.0;
     let mut flat = vec![0.0; n_rows * n_features];
-    flat.par_chunks_mut(PREDICT_CHUNK_ROWS * n_features)
-        .enumerate()
-        .for_each(|(chunk, out)| {
-            let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
-            // Trees outer, rows inner, as in `mean_positive_probability`: each row's entries
-            // still receive their additions in tree order, then path order.
-            for tree in trees {
-                for (offset, out_row) in out.chunks_mut(n_features).enumerate() {
-                    tree.add_path_contributions(
-                        &rows[offset * n_features..][..n_features],
-                        out_row,
-                    );
+    for_each_flat_group(trees, n_features, group_nodes, |_, group| {
+        root_sum = group
+            .iter()
+            .fold(root_sum, |sum, tree| sum + tree.root_positive_fraction());
+        if n_features == 0 {
+            // No feature, so no split to credit (and no row width to chunk by).
+            return;
+        }
+        flat.par_chunks_mut(PREDICT_CHUNK_ROWS * n_features)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
+                // Trees outer, rows inner, as in `mean_positive_probability`: each row's
+                // entries still receive their additions in tree order, then path order.
+                for tree in group {
+                    for (offset, out_row) in out.chunks_mut(n_features).enumerate() {
+                        tree.add_path_contributions(
+                            &rows[offset * n_features..][..n_features],
+                            out_row,
+                        );
+                    }
                 }
-            }
-            out.iter_mut().for_each(|v| *v /= n_trees);
-        });
+            });
+    })?;
+    flat.iter_mut().for_each(|v| *v /= n_trees);
     let per_feature = Array2::from_shape_vec((n_rows, n_features), flat)
         .unwrap_or_else(|_| Array2::zeros((n_rows, n_features)));
-    Contributions { bias, per_feature }
+    Ok(Contributions {
+        bias: root_sum / n_trees,
+        per_feature,
+    })
 }
 
 /// Hard labels from positive-class probabilities: class 1 when strictly above 0.5 (a tie goes to
@@ -808,7 +857,7 @@ impl RandomForest {
         let (trees, in_bag): (Vec<Tree>, Vec<Vec<bool>>) =
             grown.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
         let (oob_accuracy, oob_probabilities) = if params.oob_score {
-            let oob = oob_estimate(&flatten(&trees, x.ncols())?, &in_bag, x, labels);
+            let oob = oob_estimate(&trees, &in_bag, x, labels, FLAT_NODES_PER_GROUP)?;
             // No row scored (too few trees) leaves the accuracy undefined: None, not NaN.
             (
                 Some(oob.accuracy).filter(|a| !a.is_nan()),
@@ -830,10 +879,7 @@ impl RandomForest {
     /// Positive-class probability per row: mean over trees of the leaf's class-1 fraction.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(mean_positive_probability(
-            &flatten(&self.trees, self.n_features)?,
-            x,
-        ))
+        mean_positive_probability(&self.trees, self.n_features, x, FLAT_NODES_PER_GROUP)
     }
 
     /// 0/1 per row (1 when the probability is above 0.5). Named apart from linfa's
@@ -845,7 +891,7 @@ impl RandomForest {
     /// Saabas contributions per row and feature (see [`Contributions`]).
     pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(contributions_of(&flatten(&self.trees, self.n_features)?, x))
+        contributions_of(&self.trees, self.n_features, x, FLAT_NODES_PER_GROUP)
     }
 
     /// The OOB estimate, when the forest was fitted with `oob_score` in this process.
@@ -857,34 +903,39 @@ impl RandomForest {
     }
 }
 
-/// OOB estimate from `trees` (flattened, in tree order) and `in_bag[tree][row]`.
+/// OOB estimate from `trees` (in tree order) and `in_bag[tree][row]`.
 fn oob_estimate(
-    trees: &[FlatTree],
+    trees: &[Tree],
     in_bag: &[Vec<bool>],
     x: ArrayView2<'_, f64>,
     labels: &[usize],
-) -> OobEstimate {
+    group_nodes: usize,
+) -> Result<OobEstimate, ForestError> {
     let n_features = x.ncols();
     let values = row_major(&x);
     let mut sums = vec![0.0; x.nrows()];
     let mut counts = vec![0usize; x.nrows()];
-    sums.par_chunks_mut(PREDICT_CHUNK_ROWS)
-        .zip(counts.par_chunks_mut(PREDICT_CHUNK_ROWS))
-        .enumerate()
-        .for_each(|(chunk, (sums, counts))| {
-            let first_row = chunk * PREDICT_CHUNK_ROWS;
-            let rows = &values[first_row * n_features..];
-            // Trees outer, rows inner; each row sums its out-of-bag trees in tree order.
-            for (tree, in_bag) in trees.iter().zip(in_bag) {
-                let in_bag = &in_bag[first_row..first_row + sums.len()];
-                for (offset, (sum, count)) in sums.iter_mut().zip(counts.iter_mut()).enumerate() {
-                    if !in_bag[offset] {
-                        *sum += tree.leaf_value(&rows[offset * n_features..][..n_features]);
-                        *count += 1;
+    for_each_flat_group(trees, n_features, group_nodes, |first_tree, group| {
+        let in_bag = &in_bag[first_tree..];
+        sums.par_chunks_mut(PREDICT_CHUNK_ROWS)
+            .zip(counts.par_chunks_mut(PREDICT_CHUNK_ROWS))
+            .enumerate()
+            .for_each(|(chunk, (sums, counts))| {
+                let first_row = chunk * PREDICT_CHUNK_ROWS;
+                let rows = &values[first_row * n_features..];
+                // Trees outer, rows inner; each row sums its out-of-bag trees in tree order.
+                for (tree, in_bag) in group.iter().zip(in_bag) {
+                    let in_bag = &in_bag[first_row..first_row + sums.len()];
+                    for (offset, (sum, count)) in sums.iter_mut().zip(counts.iter_mut()).enumerate()
+                    {
+                        if !in_bag[offset] {
+                            *sum += tree.leaf_value(&rows[offset * n_features..][..n_features]);
+                            *count += 1;
+                        }
                     }
                 }
-            }
-        });
+            });
+    })?;
     let probabilities: Vec<Option<f64>> = sums
         .iter()
         .zip(&counts)
@@ -904,10 +955,10 @@ fn oob_estimate(
     } else {
         correct as f64 / scored.len() as f64
     };
-    OobEstimate {
+    Ok(OobEstimate {
         accuracy,
         probabilities,
-    }
+    })
 }
 
 impl DecisionTree {
@@ -933,10 +984,7 @@ impl DecisionTree {
     /// Positive-class probability per row: the leaf's class-1 fraction.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(mean_positive_probability(
-            &flatten(std::slice::from_ref(&self.tree), self.n_features)?,
-            x,
-        ))
+        mean_positive_probability(std::slice::from_ref(&self.tree), self.n_features, x, FLAT_NODES_PER_GROUP)
     }
 
     pub fn predict_labels(&self, x: ArrayView2<'_, f64>) -> Result<Array1<usize>, ForestError> {
@@ -945,10 +993,7 @@ impl DecisionTree {
 
     pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
         check_width(&x, self.n_features)?;
-        Ok(contributions_of(
-            &flatten(std::slice::from_ref(&self.tree), self.n_features)?,
-            x,
-        ))
+        contributions_of(std::slice::from_ref(&self.tree), self.n_features, x, FLAT_NODES_PER_GROUP)
     }
 }
 

@@ -15,9 +15,10 @@
 //!
 //! Building one is a single pass over the nodes (for 100 full-depth trees, under a tenth of the
 //! work of then predicting 5.6k rows), so it is not kept with the model: its 24 bytes per node
-//! (16 + 8) add to the stored tree's 56 only while a prediction runs, where a kept copy would
-//! hold them as long as the model lives (a gigabyte for a 44M-node forest), and a loaded or
-//! edited model can never predict with a stale layout.
+//! (16 + 8) add to the stored tree's 56 only while a prediction walks it, and a prediction lays
+//! out a group of trees at a time (`forest.rs`, about 100 MB), where a kept copy would hold them
+//! as long as the model lives (a gigabyte for a 44M-node forest), and a loaded or edited model
+//! can never predict with a stale layout.
 //!
 //! Results are bit-identical to walking the `Tree`: the same comparisons (`x <= threshold` goes
 //! left, so NaN goes right) reach the same leaves, whose stored fractions are copied exactly.

@@ -654,6 +654,40 @@ fn forest_predictions_equal_a_plain_walk_of_the_stored_trees_bit_for_bit() -> Te
 }
 
 #[test]
+fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once() -> TestResult {
+    let (x, y) = planted_with_missing(2000, 6, 21);
+    let (x_test, _) = planted_with_missing(600, 6, 22);
+    let params = ForestParams::new().n_trees(9).oob_score(true).seed(5);
+    let checked = params.check()?;
+    let data = check_data(x.view(), &y, None)?;
+    let grown = grow_trees(&data, &checked.tree, 9, Some(x.nrows()), 5);
+    let (trees, in_bag): (Vec<Tree>, Vec<Vec<bool>>) =
+        grown.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
+    let largest = trees.iter().map(Tree::len).max().unwrap_or(0);
+    let all_nodes: usize = trees.iter().map(Tree::len).sum();
+    let bits = |v: &[f64]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+    let whole = mean_positive_probability(&trees, 6, x_test.view(), all_nodes)?;
+    let whole_contributions = contributions_of(&trees, 6, x_test.view(), all_nodes)?;
+    let whole_oob = oob_estimate(&trees, &in_bag, x.view(), &y, all_nodes)?;
+    // One tree per group, two or three per group, and uneven groups.
+    for group_nodes in [1, largest, 2 * largest + 1, all_nodes / 2] {
+        let grouped = mean_positive_probability(&trees, 6, x_test.view(), group_nodes)?;
+        assert_eq!(bits(grouped.as_slice().ok_or("contiguous")?), bits(whole.as_slice().ok_or("contiguous")?), "probabilities, groups of {group_nodes} nodes");
+        let contributions = contributions_of(&trees, 6, x_test.view(), group_nodes)?;
+        assert_eq!(contributions.bias.to_bits(), whole_contributions.bias.to_bits());
+        assert_eq!(
+            bits(contributions.per_feature.as_slice().ok_or("contiguous")?),
+            bits(whole_contributions.per_feature.as_slice().ok_or("contiguous")?),
+            "contributions, groups of {group_nodes} nodes"
+        );
+        let oob = oob_estimate(&trees, &in_bag, x.view(), &y, group_nodes)?;
+        assert_eq!(oob.probabilities, whole_oob.probabilities, "OOB, groups of {group_nodes} nodes");
+        assert_eq!(oob.accuracy.to_bits(), whole_oob.accuracy.to_bits());
+    }
+    Ok(())
+}
+
+#[test]
 fn tree_predictions_equal_a_plain_walk_of_the_stored_tree_bit_for_bit() -> TestResult {
     let (x, y) = planted_with_missing(1500, 5, 13);
     let (x_test, _) = planted_with_missing(500, 5, 14);
