@@ -293,7 +293,8 @@ async fn execute_stages(
         }
         artifacts.extend(output.artifacts);
         let seconds = round_ms(started.elapsed().as_secs_f64());
-        tracing::info!(stage = %planned.name, seconds, "stage ready");
+        stage::release_free_memory();
+        tracing::info!(stage = %planned.name, seconds, resident_mib = stage::resident_mib(), "stage ready");
         let summary = &mut summaries[index];
         summary.status = "success";
         summary.ended_at = Some(now());
@@ -321,9 +322,9 @@ async fn execute_stages(
         artifacts.push(Artifact {
             folder: report::REPORTS_DIR.to_string(),
             files: vec![
-                (report::JSON_FILE.to_string(), json.into_bytes()),
-                (report::MARKDOWN_FILE.to_string(), report::to_markdown(&plan.name, run_date, &metrics).into_bytes()),
-                (report::HTML_FILE.to_string(), report::html::render(&plan.name, run_date, &metrics, &counts).into_bytes()),
+                (report::JSON_FILE.to_string(), json.into_bytes().into()),
+                (report::MARKDOWN_FILE.to_string(), report::to_markdown(&plan.name, run_date, &metrics).into_bytes().into()),
+                (report::HTML_FILE.to_string(), report::html::render(&plan.name, run_date, &metrics, &counts).into_bytes().into()),
             ],
         });
     }
@@ -366,7 +367,7 @@ async fn execute_stages(
             run_date: run_date.to_string(),
             schema_version: 1,
         };
-        staged.push(sink::stage_files(target, &artifact.files)?);
+        staged.push(sink::stage_files(target, artifact.files)?);
     }
     Ok(staged)
 }

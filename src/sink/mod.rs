@@ -195,18 +195,55 @@ pub async fn stage_as(target: TableTarget, frame: DataFrame, schema: SchemaRef) 
     seal(target, staging_dir, files, columns)
 }
 
+/// The content of one file of a folder that is not a table ([`stage_files`]).
+pub enum FileContent {
+    /// Held in memory: a model's JSON, a report.
+    Bytes(Vec<u8>),
+    /// A complete file its stage already wrote (to the run's scratch folder), moved into the
+    /// staging folder. A forest's trees are hundreds of megabytes for millions of customers:
+    /// written as they are read from the model, never built in memory beside it.
+    Written(PathBuf),
+}
+
+impl From<Vec<u8>> for FileContent {
+    fn from(bytes: Vec<u8>) -> Self {
+        FileContent::Bytes(bytes)
+    }
+}
+
 /// Step 1 for a folder of files that is not a table (a saved model): writes `files` (name,
 /// content) to the staging folder with a manifest, to be committed like a table partition.
-pub fn stage_files(target: TableTarget, files: &[(String, Vec<u8>)]) -> Result<StagedTable, SinkError> {
+pub fn stage_files(target: TableTarget, files: Vec<(String, FileContent)>) -> Result<StagedTable, SinkError> {
     confined(&target)?;
     let staging_dir = empty_staging_dir(&target)?;
     let mut written = Vec::new();
-    for (name, bytes) in files {
-        let path = staging_dir.join(name);
-        write_synced(&path, bytes).map_err(target.io("write", &path))?;
-        written.push(ManifestFile { name: name.clone(), rows: 0, bytes: bytes.len() as u64 });
+    for (name, content) in files {
+        let path = staging_dir.join(&name);
+        let bytes = match content {
+            FileContent::Bytes(bytes) => {
+                write_synced(&path, &bytes).map_err(target.io("write", &path))?;
+                bytes.len() as u64
+            }
+            FileContent::Written(source) => move_synced(&source, &path).map_err(target.io("move", &source))?,
+        };
+        written.push(ManifestFile { name, rows: 0, bytes });
     }
     seal(target, staging_dir, written, Vec::new())
+}
+
+/// Moves a written file to `to` (a copy when they are on different file systems) and syncs it;
+/// returns its size.
+fn move_synced(from: &Path, to: &Path) -> io::Result<u64> {
+    if let Err(rename) = fs::rename(from, to) {
+        if rename.raw_os_error() != Some(libc::EXDEV) {
+            return Err(rename);
+        }
+        fs::copy(from, to)?;
+        fs::remove_file(from)?;
+    }
+    let file = File::open(to)?;
+    file.sync_all()?;
+    Ok(file.metadata()?.len())
 }
 
 /// The target's staging folder, emptied of anything an earlier attempt left there.
@@ -371,5 +408,56 @@ impl<'a> PartWriter<'a> {
         }
         self.close()?;
         Ok(self.done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_file_is_moved_into_the_folder_and_committed_with_its_size() {
+        let root = tempfile::tempdir().unwrap();
+        let scratch = root.path().join("scratch");
+        fs::create_dir_all(&scratch).unwrap();
+        let written = scratch.join("churn_trees.parquet");
+        fs::write(&written, b"twelve bytes").unwrap();
+        let target = TableTarget {
+            root: root.path().to_path_buf(),
+            table: "models/churn".into(),
+            partition: Some("run_date=2025-01-01".into()),
+            run_id: "r1".into(),
+            run_date: "2025-01-01".into(),
+            schema_version: 1,
+        };
+        let files = vec![("model.json".to_string(), FileContent::from(b"{}\n".to_vec())), ("trees.parquet".to_string(), FileContent::Written(written.clone()))];
+        let manifest = commit(stage_files(target, files).unwrap()).unwrap();
+
+        let live = root.path().join("models/churn/run_date=2025-01-01");
+        assert_eq!(fs::read(live.join("trees.parquet")).unwrap(), b"twelve bytes");
+        assert_eq!(fs::read(live.join("model.json")).unwrap(), b"{}\n");
+        assert!(live.join("_SUCCESS").exists());
+        assert!(!written.exists(), "moved, not copied: the scratch file is gone");
+        let sizes: Vec<(&str, u64)> = manifest.files.iter().map(|f| (f.name.as_str(), f.bytes)).collect();
+        assert_eq!(sizes, vec![("model.json", 3), ("trees.parquet", 12)]);
+    }
+
+    #[test]
+    fn a_written_file_that_is_missing_fails_staging_and_names_it() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("scratch/gone.parquet");
+        let target = TableTarget {
+            root: root.path().to_path_buf(),
+            table: "models/churn".into(),
+            partition: None,
+            run_id: "r1".into(),
+            run_date: "2025-01-01".into(),
+            schema_version: 1,
+        };
+        let Err(error) = stage_files(target, vec![("trees.parquet".to_string(), FileContent::Written(missing))]) else {
+            panic!("staging a missing file succeeded");
+        };
+        assert!(error.to_string().contains("scratch/gone.parquet"), "{error}");
+        assert!(!root.path().join("models/churn/_SUCCESS").exists());
     }
 }

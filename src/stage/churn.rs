@@ -796,6 +796,9 @@ impl Stage for ChurnStage {
         }
 
         phases.done("evaluation");
+        // The prepared training and test rows are not needed again (a training table that is
+        // also scored is prepared anew), and the scored table's rows are about to be prepared.
+        drop((x_train, x_test));
 
         // 6. Scores for every customer of the score table.
         let model = ChurnModel {
@@ -854,7 +857,11 @@ impl Stage for ChurnStage {
 
         phases.done("churn by segment");
         let evaluation_batch = evaluation.to_batch(ctx.run_id, ctx.stage_name)?;
-        let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: model.to_files().map_err(fail)? };
+        let trees_file = ctx.scratch.map(|scratch| scratch.join(format!("{}_{}", ctx.stage_name, model::TREES_FILE)));
+        if let Some(scratch) = ctx.scratch {
+            std::fs::create_dir_all(scratch).map_err(|e| fail(format!("cannot create the scratch folder {}: {e}", scratch.display())))?;
+        }
+        let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: model.to_files(trees_file.as_deref()).map_err(fail)? };
         let mut metrics = StageMetrics::new();
         metrics.insert("training_customers".into(), y_train.len() as i64);
         metrics.insert("test_customers".into(), y_test.len() as i64);

@@ -177,12 +177,35 @@ impl<'a> Phases<'a> {
         Phases { stage, last: std::time::Instant::now() }
     }
 
-    /// Logs the time since the previous phase ended.
+    /// Logs the time since the previous phase ended and the resident memory after it, having
+    /// given back what the phase freed ([`release_free_memory`]).
     pub fn done(&mut self, phase: &str) {
         let now = std::time::Instant::now();
-        tracing::debug!(stage = self.stage, phase, seconds = (now - self.last).as_secs_f64(), "phase done");
+        release_free_memory();
+        tracing::debug!(stage = self.stage, phase, seconds = (now - self.last).as_secs_f64(), resident_mib = resident_mib(), "phase done");
         self.last = now;
     }
+}
+
+/// Gives the heap's free pages back to the operating system. glibc keeps freed memory for
+/// reuse, in one arena per thread that allocated it, so a process's resident size only
+/// grows: at 100M transaction lines the SQL stages left about a gigabyte resident under the
+/// churn stage's forest. Trimming takes milliseconds, so it runs between stages and phases.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only gives back whole free pages of the allocator's own arenas.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The process's resident set size in MiB (Linux; `None` elsewhere), for the phase logs.
+pub fn resident_mib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages * page_size / (1024 * 1024))
 }
 
 /// What a stage's run produced.
@@ -206,7 +229,7 @@ pub struct Artifact {
     /// Relative to the output root, e.g. `models/segments`.
     pub folder: String,
     /// File name and content.
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Vec<(String, crate::sink::FileContent)>,
 }
 
 /// The folder under an output root where stages keep their saved models.

@@ -537,7 +537,7 @@ impl Stage for SegmentStage {
         let assignments_file = model::assignments_parquet(&customers).map_err(fail)?;
         let artifact = Artifact {
             folder: format!("{MODELS_DIR}/{}", ctx.stage_name),
-            files: vec![(MODEL_FILE.to_string(), model.to_json().map_err(fail)?), (model::ASSIGNMENTS_FILE.to_string(), assignments_file)],
+            files: vec![(MODEL_FILE.to_string(), model.to_json().map_err(fail)?.into()), (model::ASSIGNMENTS_FILE.to_string(), assignments_file.into())],
         };
 
         phases.done("profiles, ids and tables");

@@ -41,7 +41,7 @@
 
 use std::cmp::Ordering;
 
-use ndarray::{Array1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -666,6 +666,9 @@ pub struct Importance {
     pub std_drop: f64,
 }
 
+/// Rows predicted together in [`permutation_importance`]: the repeats of one column, stacked.
+const PERMUTATION_BATCH_ROWS: usize = 65_536;
+
 /// The random stream of one (column, repeat) shuffle: column in the high 32 bits, repeat in
 /// the low ones.
 fn shuffle_stream(column: usize, repeat: usize) -> u64 {
@@ -679,8 +682,9 @@ fn shuffle_stream(column: usize, repeat: usize) -> u64 {
 /// times; the shuffle of (column `j`, repeat `r`) draws from `ChaCha8Rng::seed_from_u64(seed)`
 /// set to stream `j · 2³² + r`, so every shuffle depends only on the seed, the column and the
 /// repeat: the result is the same whatever the thread count or the order in which columns are
-/// processed (given a deterministic `predict`). Columns run in parallel, each on its own copy
-/// of `x`.
+/// processed (given a deterministic `predict`). Columns run in parallel, each on its own copies
+/// of `x`; a column's repeats are stacked into one call of `predict` (up to 65,536 rows), so
+/// `predict` must score each row on its own.
 ///
 /// Use held-out rows (the test split): on training rows, importance measures what the model
 /// memorised.
@@ -714,19 +718,44 @@ where
         roc_auc(labels, &scores)
     };
     let baseline = score(x)?;
+    let rows = x.nrows();
+    // The repeats of a column are predicted together, stacked, as many as fit in
+    // PERMUTATION_BATCH_ROWS: a forest's prediction has a fixed cost per call (it lays its trees
+    // out for walking), which 10,000 rows did not amortise. Rows are predicted independently,
+    // so the scores are the same as one call per repeat.
+    let repeats_per_call = (PERMUTATION_BATCH_ROWS / rows.max(1)).clamp(1, n_repeats);
     let per_column: Vec<Result<Importance, MetricError>> = (0..x.ncols())
         .into_par_iter()
         .map(|column| {
-            let mut shuffled = x.to_owned();
             let original = x.column(column);
             let mut drops = Vec::with_capacity(n_repeats);
-            for repeat in 0..n_repeats {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(shuffle_stream(column, repeat));
-                let mut values = original.to_vec();
-                values.shuffle(&mut rng);
-                shuffled.column_mut(column).assign(&Array1::from(values));
-                drops.push(baseline - score(shuffled.view())?);
+            let mut first_repeat = 0;
+            while first_repeat < n_repeats {
+                let batch = repeats_per_call.min(n_repeats - first_repeat);
+                let mut shuffled = Array2::zeros((batch * rows, x.ncols()));
+                for (offset, mut block) in shuffled
+                    .axis_chunks_iter_mut(Axis(0), rows.max(1))
+                    .enumerate()
+                    .take(batch)
+                {
+                    block.assign(&x);
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(shuffle_stream(column, first_repeat + offset));
+                    let mut values = original.to_vec();
+                    values.shuffle(&mut rng);
+                    block.column_mut(column).assign(&Array1::from(values));
+                }
+                let scores = predict(shuffled.view());
+                if scores.len() != shuffled.nrows() {
+                    return Err(MetricError::PredictionCountMismatch {
+                        expected: shuffled.nrows(),
+                        found: scores.len(),
+                    });
+                }
+                for repeat_scores in scores.chunks(rows.max(1)).take(batch) {
+                    drops.push(baseline - roc_auc(labels, repeat_scores)?);
+                }
+                first_repeat += batch;
             }
             let mean = drops.iter().sum::<f64>() / n_repeats as f64;
             let variance = drops.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n_repeats as f64;

@@ -488,6 +488,61 @@ fn permutation_importance_is_the_same_with_one_or_three_threads() -> TestResult 
     Ok(())
 }
 
+/// One prediction per (column, repeat), from the documented shuffle streams: what
+/// `permutation_importance` must equal however it batches its predictions.
+fn permutation_importance_one_call_per_repeat(
+    predict: impl Fn(ArrayView2<'_, f64>) -> Vec<f64>,
+    x: ArrayView2<'_, f64>,
+    labels: &[usize],
+    n_repeats: usize,
+    seed: u64,
+) -> Vec<Importance> {
+    let baseline = roc_auc(labels, &predict(x)).expect("baseline AUC");
+    (0..x.ncols())
+        .map(|column| {
+            let drops: Vec<f64> = (0..n_repeats)
+                .map(|repeat| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(((column as u64) << 32) | repeat as u64);
+                    let mut values = x.column(column).to_vec();
+                    values.shuffle(&mut rng);
+                    let mut shuffled = x.to_owned();
+                    shuffled.column_mut(column).assign(&Array1::from(values));
+                    baseline - roc_auc(labels, &predict(shuffled.view())).expect("AUC")
+                })
+                .collect();
+            let mean = drops.iter().sum::<f64>() / n_repeats as f64;
+            let variance =
+                drops.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n_repeats as f64;
+            Importance {
+                mean_drop: mean,
+                std_drop: variance.sqrt(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn stacking_the_repeats_of_a_column_into_one_prediction_changes_no_importance() -> TestResult {
+    let predict = |features: ArrayView2<'_, f64>| {
+        features
+            .rows()
+            .into_iter()
+            .map(|r| r[0] + 0.3 * r[1] + 0.1 * r[2])
+            .collect::<Vec<f64>>()
+    };
+    // 300 rows: all 5 repeats in one call. 30,000 rows: two per call, then the last alone.
+    for rows in [300, 30_000] {
+        let (x, labels) = decisive_and_noise(rows, 6);
+        assert_eq!(
+            permutation_importance(predict, x.view(), &labels, 5, 8)?,
+            permutation_importance_one_call_per_repeat(predict, x.view(), &labels, 5, 8),
+            "{rows} rows"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn permutation_importance_checks_its_inputs() {
     let x = Array2::<f64>::zeros((4, 2));
