@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use binning::BinnedFeatures;
-use flat::FlatTree;
+use flat::{FlatGroup, Purpose};
 use tree::{GrowSettings, TreeSample};
 pub use tree::{Node, Tree};
 
@@ -702,41 +702,50 @@ fn check_width(x: &ArrayView2<'_, f64>, expected: usize) -> Result<(), ForestErr
     }
 }
 
-/// Rows per rayon task in prediction; the result does not depend on it.
-const PREDICT_CHUNK_ROWS: usize = 256;
+/// Row values (rows × features) per rayon task when predicting probabilities or OOB: at 28
+/// features, 37k rows, whose codes (`flat.rs`) take 2 MB.
+const PREDICT_TASK_VALUES: usize = 1 << 20;
+/// Row values per rayon task when computing contributions, whose task also adds into its rows'
+/// output (8 bytes a value): at 28 features, 18k rows.
+const CONTRIBUTION_TASK_VALUES: usize = 1 << 19;
 
-/// Nodes laid out for prediction at a time. A forest is walked a group of consecutive trees at
-/// a time, each group flattened just before its walk and dropped after it, so a prediction holds
-/// at most about 100 MB of `FlatTree` (24 bytes a node) besides the stored trees. Flattening the
-/// whole forest at once held 1 GB for 100 trees fitted on 1.7M customers (44M nodes), on each
-/// thread that predicted (permutation importance runs two), which was most of the 100M run's
-/// peak. Each row still sums its trees in tree order, so results do not depend on the grouping.
-const FLAT_NODES_PER_GROUP: usize = 1 << 22;
-
-/// The prediction layout of `trees` (see `flat.rs`), in tree order; `first_tree` is the index
-/// of `trees[0]` in its forest, for errors.
-fn flatten(
-    trees: &[Tree],
-    first_tree: usize,
-    n_features: usize,
-) -> Result<Vec<FlatTree>, ForestError> {
-    let flat: Vec<Result<FlatTree, ForestError>> = trees
-        .par_iter()
-        .enumerate()
-        .map(|(offset, tree)| FlatTree::new(tree, first_tree + offset, n_features))
-        .collect();
-    // Sequentially, so the error reported is the first malformed tree's whatever the threads.
-    flat.into_iter().collect()
+/// Rows per rayon task when predicting `n_rows` rows of `n_features` values, at most
+/// `max_values` values a task; the result does not depend on it.
+///
+/// A task walks each tree of a group over all its rows before the next tree, so the more rows
+/// a task has, the more of them a tree's nodes, once in cache, serve. Measured on 100
+/// full-depth trees of 47k nodes (`forest/predict` in benches/kernels): tasks of 256 rows took
+/// about twice as long as tasks of 16k rows (2.4× with the former 16-byte nodes), as most steps
+/// below the first levels missed the cache. So a task gets one thread's share of the rows, up
+/// to the cap that bounds its memory; the last rows of a task (fewer than LANES) walk one at a
+/// time.
+fn rows_per_task(n_rows: usize, n_features: usize, max_values: usize) -> usize {
+    let most = (max_values / n_features.max(1)).max(1);
+    n_rows
+        .div_ceil(rayon::current_num_threads())
+        .clamp(1, most)
+        .next_multiple_of(flat::LANES)
 }
 
-/// Calls `walk(first_tree, group)` for consecutive groups of `trees`, flattened, in tree order:
-/// each group at most `group_nodes` nodes (or a single larger tree). Stops at the first
-/// malformed tree.
+/// Nodes laid out for prediction at a time. A forest is walked a group of consecutive trees at
+/// a time, each group laid out just before its walk and dropped after it, so a prediction holds
+/// at most about 100 MB of layout (16 bytes a node for contributions, 8 for predictions; 8 more
+/// in the plain layout a loaded model may need, `flat.rs`) besides the stored trees. Laying out
+/// the whole forest at once held 1 GB for 100 trees fitted on 1.7M customers (44M nodes), on
+/// each thread that predicted (permutation importance runs two), which was most of the 100M
+/// run's peak. Fewer groups also mean fewer codings of the rows (once per group). Each row
+/// still sums its trees in tree order, so results do not depend on the grouping.
+const FLAT_NODES_PER_GROUP: usize = (100 << 20) / 16;
+
+/// Calls `walk(first_tree, group)` for consecutive groups of `trees`, laid out for `purpose`
+/// (`flat.rs`), in tree order: each group at most `group_nodes` nodes (or a single larger
+/// tree). Stops at the first malformed tree.
 fn for_each_flat_group(
     trees: &[Tree],
     n_features: usize,
     group_nodes: usize,
-    mut walk: impl FnMut(usize, &[FlatTree]),
+    purpose: Purpose,
+    mut walk: impl FnMut(usize, &FlatGroup<'_>),
 ) -> Result<(), ForestError> {
     let mut first = 0;
     while first < trees.len() {
@@ -746,7 +755,8 @@ fn for_each_flat_group(
             nodes += trees[end].len();
             end += 1;
         }
-        walk(first, &flatten(&trees[first..end], first, n_features)?);
+        let group = FlatGroup::new(&trees[first..end], first, n_features, purpose)?;
+        walk(first, &group);
         first = end;
     }
     Ok(())
@@ -771,19 +781,23 @@ fn mean_positive_probability(
 ) -> Result<Array1<f64>, ForestError> {
     let values = row_major(&x);
     let mut out = vec![0.0; x.nrows()];
-    for_each_flat_group(trees, n_features, group_nodes, |_, group| {
-        out.par_chunks_mut(PREDICT_CHUNK_ROWS)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
-                // Trees outer, rows inner: a tree's upper nodes stay in cache across the chunk.
-                // Each row still sums its trees in tree order, so the result is the same bit
-                // for bit.
-                for tree in group {
-                    tree.add_leaf_values(rows, n_features, out);
-                }
-            });
-    })?;
+    let task_rows = rows_per_task(x.nrows(), n_features, PREDICT_TASK_VALUES);
+    for_each_flat_group(
+        trees,
+        n_features,
+        group_nodes,
+        Purpose::Predictions,
+        |_, group| {
+            out.par_chunks_mut(task_rows)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    // The group's trees walk the task's rows one tree after the other
+                    // (`rows_per_task` says why). Each row still sums its trees in tree order,
+                    // so the result is the same bit for bit.
+                    group.add_leaf_values(&values[task * task_rows * n_features..], out);
+                });
+        },
+    )?;
     out.iter_mut().for_each(|sum| *sum /= trees.len() as f64);
     Ok(Array1::from(out))
 }
@@ -799,30 +813,30 @@ fn contributions_of(
     let values = row_major(&x);
     let mut root_sum = 0.0;
     let mut flat = vec![0.0; n_rows * n_features];
-    for_each_flat_group(trees, n_features, group_nodes, |_, group| {
-        root_sum = group
-            .iter()
-            .fold(root_sum, |sum, tree| sum + tree.root_positive_fraction());
-        if n_features == 0 {
-            // No feature, so no split to credit (and no row width to chunk by).
-            return;
-        }
-        flat.par_chunks_mut(PREDICT_CHUNK_ROWS * n_features)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let rows = &values[chunk * PREDICT_CHUNK_ROWS * n_features..];
-                // Trees outer, rows inner, as in `mean_positive_probability`: each row's
-                // entries still receive their additions in tree order, then path order.
-                for tree in group {
-                    for (offset, out_row) in out.chunks_mut(n_features).enumerate() {
-                        tree.add_path_contributions(
-                            &rows[offset * n_features..][..n_features],
-                            out_row,
-                        );
-                    }
-                }
-            });
-    })?;
+    let task_rows = rows_per_task(n_rows, n_features, CONTRIBUTION_TASK_VALUES);
+    for_each_flat_group(
+        trees,
+        n_features,
+        group_nodes,
+        Purpose::Contributions,
+        |_, group| {
+            root_sum = group
+                .root_positive_fractions()
+                .into_iter()
+                .fold(root_sum, |sum, fraction| sum + fraction);
+            if n_features == 0 {
+                // No feature, so no split to credit (and no row width to chunk by).
+                return;
+            }
+            flat.par_chunks_mut(task_rows * n_features)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    // As in `mean_positive_probability`: each row's entries still receive their
+                    // additions in tree order, then path order.
+                    group.add_path_contributions(&values[task * task_rows * n_features..], out);
+                });
+        },
+    )?;
     flat.iter_mut().for_each(|v| *v /= n_trees);
     let per_feature = Array2::from_shape_vec((n_rows, n_features), flat)
         .unwrap_or_else(|_| Array2::zeros((n_rows, n_features)));
@@ -915,27 +929,33 @@ fn oob_estimate(
     let values = row_major(&x);
     let mut sums = vec![0.0; x.nrows()];
     let mut counts = vec![0usize; x.nrows()];
-    for_each_flat_group(trees, n_features, group_nodes, |first_tree, group| {
-        let in_bag = &in_bag[first_tree..];
-        sums.par_chunks_mut(PREDICT_CHUNK_ROWS)
-            .zip(counts.par_chunks_mut(PREDICT_CHUNK_ROWS))
-            .enumerate()
-            .for_each(|(chunk, (sums, counts))| {
-                let first_row = chunk * PREDICT_CHUNK_ROWS;
-                let rows = &values[first_row * n_features..];
-                // Trees outer, rows inner; each row sums its out-of-bag trees in tree order.
-                for (tree, in_bag) in group.iter().zip(in_bag) {
-                    let in_bag = &in_bag[first_row..first_row + sums.len()];
-                    for (offset, (sum, count)) in sums.iter_mut().zip(counts.iter_mut()).enumerate()
-                    {
-                        if !in_bag[offset] {
-                            *sum += tree.leaf_value(&rows[offset * n_features..][..n_features]);
-                            *count += 1;
-                        }
-                    }
-                }
-            });
-    })?;
+    let task_rows = rows_per_task(x.nrows(), n_features, PREDICT_TASK_VALUES);
+    for_each_flat_group(
+        trees,
+        n_features,
+        group_nodes,
+        Purpose::Predictions,
+        |first_tree, group| {
+            let in_bag = &in_bag[first_tree..];
+            sums.par_chunks_mut(task_rows)
+                .zip(counts.par_chunks_mut(task_rows))
+                .enumerate()
+                .for_each(|(task, (sums, counts))| {
+                    let first_row = task * task_rows;
+                    let task_in_bag: Vec<&[bool]> = in_bag
+                        .iter()
+                        .map(|in_bag| &in_bag[first_row..first_row + sums.len()])
+                        .collect();
+                    // Each row sums its out-of-bag trees in tree order.
+                    group.add_out_of_bag_leaf_values(
+                        &values[first_row * n_features..],
+                        &task_in_bag,
+                        sums,
+                        counts,
+                    );
+                });
+        },
+    )?;
     let probabilities: Vec<Option<f64>> = sums
         .iter()
         .zip(&counts)
@@ -984,7 +1004,12 @@ impl DecisionTree {
     /// Positive-class probability per row: the leaf's class-1 fraction.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
         check_width(&x, self.n_features)?;
-        mean_positive_probability(std::slice::from_ref(&self.tree), self.n_features, x, FLAT_NODES_PER_GROUP)
+        mean_positive_probability(
+            std::slice::from_ref(&self.tree),
+            self.n_features,
+            x,
+            FLAT_NODES_PER_GROUP,
+        )
     }
 
     pub fn predict_labels(&self, x: ArrayView2<'_, f64>) -> Result<Array1<usize>, ForestError> {
@@ -993,7 +1018,12 @@ impl DecisionTree {
 
     pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
         check_width(&x, self.n_features)?;
-        contributions_of(std::slice::from_ref(&self.tree), self.n_features, x, FLAT_NODES_PER_GROUP)
+        contributions_of(
+            std::slice::from_ref(&self.tree),
+            self.n_features,
+            x,
+            FLAT_NODES_PER_GROUP,
+        )
     }
 }
 

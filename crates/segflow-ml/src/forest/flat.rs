@@ -1,214 +1,1020 @@
-//! The prediction layout of a fitted tree.
+//! The prediction layout of a group of fitted trees.
 //!
-//! A [`Tree`] stores what the saved-model format holds: 40-byte nodes in creation order, their
-//! class fractions in a parallel array. Walking it drags training-only fields (row counts,
-//! impurity) through the cache and asks at every step whether the node is a leaf. Prediction
-//! walks a [`FlatTree`] instead, built from the `Tree` when a prediction starts:
-//! - 16-byte nodes (threshold, feature, right child), four to a cache line;
-//! - depth-first pre-order, so a left child is the very next node (often the same cache line)
-//!   and a right child is the only index stored;
-//! - a leaf is its own right child behind a NaN threshold, so a row that reaches it stays
-//!   there whatever its values: [`FlatTree::add_leaf_values`] walks several rows in lockstep,
-//!   branch-free, without asking at every step which of them are done;
-//! - the positive-class fractions of all nodes (leaves for predictions, inner nodes too for
-//!   contributions) in a parallel array.
+//! A [`Tree`] stores what the saved-model format holds: 40-byte nodes, their class fractions in
+//! a parallel array. Walking it drags training-only fields (row counts, impurity) through the
+//! cache and asks at every step whether the node is a leaf. Prediction walks a [`FlatGroup`]
+//! instead, laid out from a group of consecutive trees when a prediction starts.
 //!
-//! Building one is a single pass over the nodes (for 100 full-depth trees, under a tenth of the
-//! work of then predicting 5.6k rows), so it is not kept with the model: its 24 bytes per node
-//! (16 + 8) add to the stored tree's 56 only while a prediction walks it, and a prediction lays
-//! out a group of trees at a time (`forest.rs`, about 100 MB), where a kept copy would hold them
-//! as long as the model lives (a gigabyte for a 44M-node forest), and a loaded or edited model
-//! can never predict with a stale layout.
+//! # Rank-coded splits (the usual layout)
+//! For each feature, the group keeps the distinct split thresholds of its trees, ascending. A
+//! feature value `x` is coded as the number of those thresholds below it (NaN as [`NAN_CODE`]),
+//! and a split on threshold `t` keeps `bound` = (the code of `t`) + 1. Then
+//! `code(x) < bound` exactly when `x <= t`:
+//! - `x <= t`: every threshold below `x` is below `t`, so `code(x) <= code(t)`;
+//! - `x > t`: `t` and every threshold below it are below `x`, so `code(x) >= code(t) + 1`;
+//! - NaN: its code is above every bound (a feature with more than [`MAX_RANKED_THRESHOLDS`]
+//!   distinct thresholds is not coded), so NaN goes right, as `NaN <= t` is false;
+//! - `-0.0` and `0.0` are one threshold (they compare equal), and infinite thresholds rank like
+//!   any other; a split on a NaN threshold (only a loaded model can hold one) gets bound 0, so
+//!   nothing goes left, as `x <= NaN` is false.
 //!
-//! Results are bit-identical to walking the `Tree`: the same comparisons (`x <= threshold` goes
-//! left, so NaN goes right) reach the same leaves, whose stored fractions are copied exactly.
+//! So a node is 8 bytes (left child `u32`, feature `u16`, bound `u16`), eight to a cache line,
+//! and a row is 2 bytes a value. A prediction task walks each tree over all its rows (up to
+//! 37k, `forest.rs`) before the next tree, and the nodes of a 47k-node tree (375 KB) then stay
+//! in a core's 512 KB of L2 for the whole pass, where 16-byte nodes beside `f64` rows did not.
+//! On 100 such trees (`forest/predict` in benches/kernels), rank coding made predicting 260k
+//! rows and contributions of 65k rows about 1.2× as fast as the same walks over `f64`
+//! thresholds and rows. Rows are coded once per task and group (a binary search per value,
+//! against a hundred tree walks), and the thresholds are gathered while the trees are laid out,
+//! in the same pass over their nodes.
+//!
+//! A group whose trees split a feature on more than [`MAX_RANKED_THRESHOLDS`] distinct values,
+//! or a model with more features than a `u16` numbers, is laid out plainly instead: 16-byte
+//! nodes holding the `f64` threshold and `u32` feature, walked over the raw rows. Fitted models
+//! never need it (a feature has at most 255 bin edges), but any loaded model still predicts.
+//!
+//! # Shared by both layouts
+//! - A split's two children are side by side, so a node stores only its left child and a walk
+//!   steps to `left + (goes right)` without a branch. A fitted tree is stored that way already
+//!   (a split appends both children), so laying it out is one pass in storage order, keeping
+//!   its node numbers; any other tree is laid out by walking it.
+//! - A leaf is its own right child and sends every row right (bound 0, or a NaN threshold), so
+//!   a row that reaches it stays there whatever its values: the walks step several rows in
+//!   lockstep without asking at every step which of them are done.
+//! - Predictions read a leaf's positive-class fraction from the stored tree when the layout
+//!   kept its node numbers; contributions, which read one at every step, get all of them
+//!   copied into an array beside the nodes ([`Purpose`]).
+//!
+//! The layout is not kept with the model: its 8 bytes a node (16 for contributions, 8 more when
+//! plain) add to the stored tree's 56 only while a prediction walks it, and a prediction lays
+//! out a group of trees at a time (`forest.rs`), where a kept copy would hold them as long as
+//! the model lives (350 MB for a 44M-node forest), and a loaded or edited model can never
+//! predict with a stale layout. The price is laying out every tree on every call: for 100
+//! full-depth trees of 47k nodes, 45 ms on two threads, two thirds of predicting 10k rows.
+//!
+//! Results are bit-identical to walking the `Tree`: the same comparisons reach the same leaves,
+//! whose stored fractions are read or copied exactly, and every sum adds the same terms in the
+//! same order (per row: trees in order, then a path root first).
+
+use rayon::prelude::*;
 
 use super::{ForestError, POSITIVE_CLASS, Tree};
 
-/// Rows walked through a tree in lockstep by [`FlatTree::add_leaf_values`]. Measured on 100
-/// full-depth trees (mean leaf depth 13): 8 beats 4 (less overlap) and 16 (a group waits for its
-/// deepest row), each by about a fifth. Lockstep executes more instructions than walking one row
-/// at a time (lanes idle at their leaf, no early exit), yet runs 2-3× faster: a lone walk is a
-/// chain of dependent loads and, when it branches, mispredicts about every other step.
-const LANES: usize = 8;
+/// Rows walked through a tree in lockstep. Lockstep executes more instructions than walking one
+/// row at a time (lanes idle at their leaf, no early exit), yet runs 2-3× faster: a lone walk
+/// is a chain of dependent loads and, when it branches, mispredicts about every other step.
+/// Measured on 100 full-depth trees (`forest/predict` in benches/kernels): 8 beats 4 by a tenth
+/// and 16 by a third (a group waits for its deepest row, and its state no longer fits in
+/// registers).
+pub(super) const LANES: usize = 8;
 
-/// One node of a [`FlatTree`].
+/// Rows walked in lockstep by [`FlatTree::add_path_contributions`], whose steps also add into
+/// their row's output. Measured on the same trees: 4 beats 2 by a fifth and 8 by a quarter; a
+/// branch that skips the addition at a leaf beats adding `-0.0` there.
+const CONTRIBUTION_LANES: usize = 4;
+
+/// Most distinct thresholds a feature may have for the rank-coded layout: values are then
+/// coded `0..=MAX_RANKED_THRESHOLDS`, bounds are at most that, and both stay below
+/// [`NAN_CODE`].
+const MAX_RANKED_THRESHOLDS: usize = u16::MAX as usize - 1;
+
+/// Code of a missing (NaN) value: above every bound, so it always goes right.
+const NAN_CODE: u16 = u16::MAX;
+
+/// What the walks need of a node, in either layout.
+trait FlatNode: Copy + Send + Sync {
+    /// What a row holds for this layout: raw feature values, or their codes.
+    type Value: Copy + Send + Sync;
+    /// A node that sends every row right, its children not set yet.
+    fn sending_everything_right() -> Self;
+    /// `self` with its left child at `left` (and so its right child at `left + 1`).
+    fn with_left(self, left: u32) -> Self;
+    fn feature(self) -> usize;
+    fn left(self) -> u32;
+    /// Whether a row with `value` at this node's feature goes to the right child.
+    fn goes_right(self, value: Self::Value) -> bool;
+
+    /// A leaf at flat index `here`: its own right child, sending every row there.
+    fn leaf(here: u32) -> Self {
+        // For a leaf root, u32::MAX, which `right` and `next` wrap back to 0.
+        Self::sending_everything_right().with_left(here.wrapping_sub(1))
+    }
+
+    /// Index of the right child; a leaf's own index.
+    #[inline(always)]
+    fn right(self) -> usize {
+        self.left().wrapping_add(1) as usize
+    }
+
+    /// The child a row with `value` at this node's feature goes to; a leaf's own index.
+    #[inline(always)]
+    fn next(self, value: Self::Value) -> usize {
+        self.left().wrapping_add(u32::from(self.goes_right(value))) as usize
+    }
+}
+
+/// A node of the plain layout, walked over raw feature values.
 #[derive(Debug, Clone, Copy)]
-struct FlatNode {
-    /// Split: rows with `x[feature] <= value` go left (the next node), all others (NaN
-    /// included) to `right`. Leaf: NaN.
-    value: f64,
+struct PlainNode {
+    /// Split: rows with `x[feature] <= threshold` go left, all others (NaN included) right.
+    /// Leaf: NaN, so every row goes right, to the leaf itself.
+    threshold: f64,
+    /// Index of the left child; the right child is the next node.
+    left: u32,
     /// Feature tested; 0 for a leaf.
     feature: u32,
-    /// Index of the right child. A leaf is its own right child: with a NaN threshold every row
-    /// "goes right" and stays put, so a walk can take steps without asking whether it is done.
-    right: u32,
 }
 
-/// A fitted tree laid out for prediction (see the module docs).
-#[derive(Debug, Clone)]
-pub(super) struct FlatTree {
-    nodes: Vec<FlatNode>,
-    /// Positive-class fraction of every node, indexed like `nodes`.
-    positive_fractions: Vec<f64>,
-}
-
-impl FlatTree {
-    /// Lays out tree number `tree_index` (named in errors) of a model fitted on `n_features`
-    /// features. Refuses what would make a walk panic or never end: a node without a
-    /// positive-class fraction, a child index outside the tree, a node reached twice (a cycle or
-    /// a shared subtree), or a split on a feature the model does not have.
-    pub(super) fn new(
-        tree: &Tree,
-        tree_index: usize,
-        n_features: usize,
-    ) -> Result<FlatTree, ForestError> {
-        let malformed = |node: usize, problem: &'static str| ForestError::MalformedTree {
-            tree: tree_index,
-            node,
-            problem,
-        };
-        if tree.is_empty() {
-            return Err(malformed(0, "the tree has no nodes"));
+impl FlatNode for PlainNode {
+    type Value = f64;
+    fn sending_everything_right() -> Self {
+        PlainNode {
+            threshold: f64::NAN,
+            left: 0,
+            feature: 0,
         }
-        let mut nodes = Vec::with_capacity(tree.len());
-        let mut positive_fractions = Vec::with_capacity(tree.len());
-        let mut reached = vec![false; tree.len()];
-        // (node in `tree`, flat index of the parent whose right child it is). Popping the left
-        // child right after its parent is what makes the order pre-order.
-        let mut pending: Vec<(usize, Option<usize>)> = vec![(0, None)];
-        while let Some((source, right_of)) = pending.pop() {
-            let node = tree
-                .node(source)
-                .ok_or_else(|| malformed(source, "a child index points outside the tree"))?;
-            if std::mem::replace(&mut reached[source], true) {
-                return Err(malformed(source, "the node is reached twice"));
+    }
+    fn with_left(self, left: u32) -> Self {
+        PlainNode { left, ..self }
+    }
+    #[inline(always)]
+    fn feature(self) -> usize {
+        self.feature as usize
+    }
+    #[inline(always)]
+    fn left(self) -> u32 {
+        self.left
+    }
+    #[inline(always)]
+    #[expect(
+        clippy::neg_cmp_op_on_partial_ord,
+        reason = "NaN goes right: `!(NaN <= t)` holds where `NaN > t` does not"
+    )]
+    fn goes_right(self, value: f64) -> bool {
+        !(value <= self.threshold)
+    }
+}
+
+/// A node of the rank-coded layout, walked over value codes (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct RankedNode {
+    /// Index of the left child; the right child is the next node.
+    left: u32,
+    /// Feature tested; 0 for a leaf.
+    feature: u16,
+    /// Rows whose code is below it go left. A leaf's is 0, so every row goes right, to the
+    /// leaf itself. While a group is being laid out: the threshold's id in its batch plus 1
+    /// (see [`lay_out_ranked`]).
+    bound: u16,
+}
+
+impl FlatNode for RankedNode {
+    type Value = u16;
+    fn sending_everything_right() -> Self {
+        RankedNode {
+            left: 0,
+            feature: 0,
+            bound: 0,
+        }
+    }
+    fn with_left(self, left: u32) -> Self {
+        RankedNode { left, ..self }
+    }
+    #[inline(always)]
+    fn feature(self) -> usize {
+        usize::from(self.feature)
+    }
+    #[inline(always)]
+    fn left(self) -> u32 {
+        self.left
+    }
+    #[inline(always)]
+    fn goes_right(self, code: u16) -> bool {
+        code >= self.bound
+    }
+}
+
+/// One tree laid out for prediction.
+#[derive(Debug, Clone)]
+struct FlatTree<'t, N> {
+    nodes: Vec<N>,
+    /// Positive-class fraction of every node, indexed like `nodes`.
+    positive_fractions: PositiveFractions<'t>,
+}
+
+/// What a group's walks will read, which decides where a tree's positive-class fractions are
+/// read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Leaf values only, one per row and tree: read from the stored tree when the layout
+    /// numbers the nodes as it does (a fitted tree's), so laying out does not copy them, and
+    /// writes half the bytes.
+    Predictions,
+    /// The fraction of every node on every path: copied next to the nodes, 8 bytes each, where
+    /// the stored tree keeps them among the other classes'.
+    Contributions,
+}
+
+/// The positive-class fractions of a laid-out tree's nodes, by flat index.
+#[derive(Debug, Clone)]
+enum PositiveFractions<'t> {
+    /// Those of the stored tree, whose node numbers are the layout's.
+    InStoredTree(&'t Tree),
+    Copied(Vec<f64>),
+}
+
+impl PositiveFractions<'_> {
+    #[inline]
+    fn at(&self, index: usize) -> f64 {
+        match self {
+            // A laid-out tree's nodes all have one (checked on its root: a tree's nodes all
+            // have as many class fractions).
+            PositiveFractions::InStoredTree(tree) => tree
+                .node(index)
+                .and_then(|node| node.class_fractions.get(POSITIVE_CLASS).copied())
+                .unwrap_or(f64::NAN),
+            PositiveFractions::Copied(fractions) => fractions[index],
+        }
+    }
+}
+
+/// Per feature, the distinct non-NaN split thresholds of a group's trees, ascending (`-0.0` and
+/// `0.0` kept once): what a value's code counts (see the module docs).
+#[derive(Debug, Clone)]
+struct ThresholdRanks {
+    per_feature: Vec<Vec<f64>>,
+}
+
+impl ThresholdRanks {
+    /// Code of `value` among `thresholds` (one feature's, at most [`MAX_RANKED_THRESHOLDS`]):
+    /// how many are below it; NaN's is [`NAN_CODE`].
+    #[inline]
+    fn code(thresholds: &[f64], value: f64) -> u16 {
+        if value.is_nan() {
+            NAN_CODE
+        } else {
+            thresholds.partition_point(|&threshold| threshold < value) as u16
+        }
+    }
+
+    /// The codes of `rows` (row-major, one value per feature), laid out alike.
+    fn encode(&self, rows: &[f64]) -> Vec<u16> {
+        let n_features = self.per_feature.len();
+        let mut codes = vec![0; rows.len()];
+        // Feature by feature: one feature's thresholds stay in cache for every row, and the
+        // searches of successive rows are independent, so they overlap.
+        for (feature, thresholds) in self.per_feature.iter().enumerate() {
+            for (code, &value) in codes[feature..]
+                .iter_mut()
+                .step_by(n_features)
+                .zip(rows[feature..].iter().step_by(n_features))
+            {
+                *code = Self::code(thresholds, value);
             }
-            let here = nodes.len();
-            if let Some(parent) = right_of {
-                nodes[parent] = FlatNode {
-                    right: here as u32,
-                    ..nodes[parent]
-                };
+        }
+        codes
+    }
+}
+
+/// The distinct (feature, threshold) pairs met while laying out a batch of trees, each with an
+/// id: its place among its feature's pairs, in the order they were met. Open addressing with
+/// linear probing, at most half full.
+#[derive(Debug, Clone, Default)]
+struct ThresholdIds {
+    /// A power of two many, or none.
+    slots: Vec<ThresholdSlot>,
+    occupied: usize,
+    /// Per feature, its thresholds in id order.
+    per_feature: Vec<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ThresholdSlot {
+    /// `u32::MAX` when the slot is free (rank-coded features are below `u16::MAX`).
+    feature: u32,
+    id: u32,
+    threshold_bits: u64,
+}
+
+impl ThresholdSlot {
+    const FREE: ThresholdSlot = ThresholdSlot {
+        feature: u32::MAX,
+        id: 0,
+        threshold_bits: 0,
+    };
+}
+
+impl ThresholdIds {
+    /// Slots of a table's first allocation: the distinct thresholds of a fitted forest (at most
+    /// 255 per feature) fill a few thousand.
+    const FIRST_CAPACITY: usize = 1 << 12;
+
+    fn new(n_features: usize) -> Self {
+        ThresholdIds {
+            slots: Vec::new(),
+            occupied: 0,
+            per_feature: vec![Vec::new(); n_features],
+        }
+    }
+
+    /// Index of the slot holding the pair, or of the free slot where it would go.
+    #[inline]
+    fn find(&self, feature: u32, threshold_bits: u64) -> usize {
+        let mask = self.slots.len() - 1;
+        // Fibonacci hashing: the product's top bits depend on every bit of the key (a round
+        // threshold such as 3.5 has only zeros in its low bits).
+        let mixed = (threshold_bits ^ u64::from(feature).rotate_right(20))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut slot = (mixed >> (64 - self.slots.len().trailing_zeros())) as usize;
+        loop {
+            let held = self.slots[slot];
+            if held.feature == u32::MAX
+                || (held.feature == feature && held.threshold_bits == threshold_bits)
+            {
+                return slot;
             }
-            let positive_fraction = *node
-                .class_fractions
-                .get(POSITIVE_CLASS)
-                .ok_or_else(|| malformed(source, "the node has no positive-class fraction"))?;
-            positive_fractions.push(positive_fraction);
-            match node.split_feature {
-                None => nodes.push(FlatNode {
-                    value: f64::NAN,
-                    feature: 0,
-                    right: here as u32,
-                }),
-                Some(feature) => {
-                    if feature as usize >= n_features {
-                        return Err(malformed(
-                            source,
-                            "the split feature is not a model feature",
-                        ));
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// The id of (`feature` (below the table's feature count), `threshold` (not NaN)), given
+    /// the next free id when the pair is new. `-0.0` and `0.0` get ids of their own; both
+    /// rank as the one threshold they are.
+    fn id(&mut self, feature: u32, threshold: f64) -> u32 {
+        if 2 * (self.occupied + 1) > self.slots.len() {
+            self.grow();
+        }
+        let threshold_bits = threshold.to_bits();
+        let slot = self.find(feature, threshold_bits);
+        if self.slots[slot].feature == u32::MAX {
+            let thresholds = &mut self.per_feature[feature as usize];
+            self.slots[slot] = ThresholdSlot {
+                feature,
+                id: thresholds.len() as u32,
+                threshold_bits,
+            };
+            thresholds.push(threshold);
+            self.occupied += 1;
+        }
+        self.slots[slot].id
+    }
+
+    fn grow(&mut self) {
+        let capacity = (2 * self.slots.len()).max(Self::FIRST_CAPACITY);
+        let old = std::mem::replace(&mut self.slots, vec![ThresholdSlot::FREE; capacity]);
+        for held in old.into_iter().filter(|held| held.feature != u32::MAX) {
+            let slot = self.find(held.feature, held.threshold_bits);
+            self.slots[slot] = held;
+        }
+    }
+}
+
+/// Consecutive trees laid out by one rayon task of [`lay_out_ranked`], with the thresholds
+/// they split on.
+struct RankedBatch<'t> {
+    thresholds: ThresholdIds,
+    /// Each tree laid out, or why it cannot be, in tree order.
+    trees: Vec<Result<FlatTree<'t, RankedNode>, ForestError>>,
+    /// Whether a feature has more thresholds than a bound can number.
+    overflowed: bool,
+}
+
+/// Lays out `trees` (the first is tree number `first_tree`, named in errors) rank-coded, for
+/// `purpose`; `None` when a feature has more than `max_thresholds` (at most
+/// [`MAX_RANKED_THRESHOLDS`]) distinct thresholds, and the group must be laid out plainly.
+///
+/// Ranks are known only once every tree's thresholds are, but the stored nodes are read once:
+/// each rayon task lays out a batch of trees with each split's bound holding 1 + the id of its
+/// threshold in the batch's own table (0 stays for leaves and NaN thresholds), and a second
+/// pass over the laid-out nodes, a fifth of the stored bytes, turns ids into bounds (gathering
+/// the thresholds in a pass of their own read every stored node twice).
+fn lay_out_ranked<'t>(
+    trees: &'t [Tree],
+    first_tree: usize,
+    n_features: usize,
+    purpose: Purpose,
+    max_thresholds: usize,
+) -> Result<Option<Layout<'t>>, ForestError> {
+    // Two batches a thread: each batch has a table of its own to fill and to turn into bounds,
+    // and rayon left to itself made a batch of every three or four trees.
+    let batch_trees = trees
+        .len()
+        .div_ceil(2 * rayon::current_num_threads())
+        .max(1);
+    let mut batches: Vec<RankedBatch<'t>> = trees
+        .par_chunks(batch_trees)
+        .enumerate()
+        .map(|(batch_index, batch_of_trees)| {
+            let mut thresholds = ThresholdIds::new(n_features);
+            let mut overflowed = false;
+            let mut split = |feature: u32, threshold: f64| {
+                let mut id_bound = 0;
+                if !threshold.is_nan() {
+                    let id = thresholds.id(feature, threshold);
+                    match u16::try_from(id + 1) {
+                        Ok(bound) if bound < u16::MAX => id_bound = bound,
+                        _ => overflowed = true,
                     }
-                    nodes.push(FlatNode {
-                        value: node.threshold,
-                        feature,
-                        right: 0, // set when the right child is placed
-                    });
-                    pending.push((node.right_child as usize, Some(here)));
-                    pending.push((node.left_child as usize, None));
+                }
+                RankedNode {
+                    left: 0,
+                    feature: feature as u16,
+                    bound: id_bound,
+                }
+            };
+            let first_in_batch = first_tree + batch_index * batch_trees;
+            let laid_out = batch_of_trees
+                .iter()
+                .enumerate()
+                .map(|(offset, tree)| {
+                    lay_out(
+                        tree,
+                        first_in_batch + offset,
+                        n_features,
+                        purpose,
+                        &mut split,
+                    )
+                })
+                .collect();
+            RankedBatch {
+                thresholds,
+                trees: laid_out,
+                overflowed,
+            }
+        })
+        .collect();
+
+    // In tree order (batches are), so the first malformed tree is the error whatever the
+    // threads.
+    let mut flat_trees: Vec<(usize, FlatTree<'t, RankedNode>)> = Vec::with_capacity(trees.len());
+    for (batch_index, batch) in batches.iter_mut().enumerate() {
+        for flat in batch.trees.drain(..) {
+            flat_trees.push((batch_index, flat?));
+        }
+    }
+    if batches.iter().any(|batch| batch.overflowed) {
+        return Ok(None);
+    }
+
+    let mut per_feature: Vec<Vec<f64>> = vec![Vec::new(); n_features];
+    for batch in &batches {
+        for (all, batch) in per_feature.iter_mut().zip(&batch.thresholds.per_feature) {
+            all.extend(batch);
+        }
+    }
+    for thresholds in &mut per_feature {
+        thresholds.sort_unstable_by(f64::total_cmp);
+        // By `==`, so -0.0 and 0.0 (side by side in the total order) are kept once.
+        thresholds.dedup();
+    }
+    if per_feature
+        .iter()
+        .any(|thresholds| thresholds.len() > max_thresholds)
+    {
+        return Ok(None);
+    }
+    // bounds[batch][feature][id]: the bound of a split on that threshold.
+    let bounds: Vec<Vec<Vec<u16>>> = batches
+        .iter()
+        .map(|batch| {
+            batch
+                .thresholds
+                .per_feature
+                .iter()
+                .zip(&per_feature)
+                .map(|(batch_thresholds, all)| {
+                    batch_thresholds
+                        .iter()
+                        .map(|&threshold| ThresholdRanks::code(all, threshold) + 1)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    flat_trees.par_iter_mut().for_each(|(batch_index, flat)| {
+        let bounds = &bounds[*batch_index];
+        for node in flat.nodes.iter_mut().filter(|node| node.bound != 0) {
+            node.bound = bounds[node.feature()][usize::from(node.bound) - 1];
+        }
+    });
+    Ok(Some(Layout::Ranked {
+        ranks: ThresholdRanks { per_feature },
+        trees: flat_trees.into_iter().map(|(_, flat)| flat).collect(),
+    }))
+}
+
+/// The trees of a group in one of the two layouts.
+#[derive(Debug, Clone)]
+enum Layout<'t> {
+    Ranked {
+        ranks: ThresholdRanks,
+        trees: Vec<FlatTree<'t, RankedNode>>,
+    },
+    Plain {
+        trees: Vec<FlatTree<'t, PlainNode>>,
+    },
+}
+
+/// Consecutive trees of a model laid out for prediction (see the module docs).
+#[derive(Debug, Clone)]
+pub(super) struct FlatGroup<'t> {
+    n_features: usize,
+    layout: Layout<'t>,
+}
+
+impl<'t> FlatGroup<'t> {
+    /// Lays out `trees`, the first of which is tree number `first_tree` (named in errors) of a
+    /// model fitted on `n_features` features. Refuses what would make a walk panic or never
+    /// end: a tree without nodes, a node without a positive-class fraction, a child index
+    /// outside the tree, a node reached twice (a cycle or a shared subtree), or a split on a
+    /// feature the model does not have. The first malformed tree is the one reported.
+    pub(super) fn new(
+        trees: &'t [Tree],
+        first_tree: usize,
+        n_features: usize,
+        purpose: Purpose,
+    ) -> Result<FlatGroup<'t>, ForestError> {
+        Self::with_rank_limit(
+            trees,
+            first_tree,
+            n_features,
+            purpose,
+            MAX_RANKED_THRESHOLDS,
+        )
+    }
+
+    /// [`FlatGroup::new`], rank-coding only when no feature has more than
+    /// `max_ranked_thresholds` distinct thresholds (tests lower it to reach the plain layout).
+    pub(super) fn with_rank_limit(
+        trees: &'t [Tree],
+        first_tree: usize,
+        n_features: usize,
+        purpose: Purpose,
+        max_ranked_thresholds: usize,
+    ) -> Result<FlatGroup<'t>, ForestError> {
+        let ranked = if n_features <= usize::from(u16::MAX) {
+            let max_thresholds = max_ranked_thresholds.min(MAX_RANKED_THRESHOLDS);
+            lay_out_ranked(trees, first_tree, n_features, purpose, max_thresholds)?
+        } else {
+            None
+        };
+        let layout = match ranked {
+            Some(ranked) => ranked,
+            None => Layout::Plain {
+                trees: lay_out_plain(trees, first_tree, n_features, purpose)?,
+            },
+        };
+        Ok(FlatGroup { n_features, layout })
+    }
+
+    /// Whether the group is rank-coded (the alternative being the plain layout).
+    #[cfg(test)]
+    pub(super) fn is_rank_coded(&self) -> bool {
+        matches!(self.layout, Layout::Ranked { .. })
+    }
+
+    /// Bytes the layout holds per node, on average over the group: the node, and its
+    /// positive-class fraction where that is copied.
+    #[cfg(test)]
+    pub(super) fn bytes_per_node(&self) -> f64 {
+        fn bytes<N>(trees: &[FlatTree<'_, N>]) -> (usize, usize) {
+            trees.iter().fold((0, 0), |(bytes, nodes), tree| {
+                let copied = match &tree.positive_fractions {
+                    PositiveFractions::Copied(fractions) => fractions.len(),
+                    PositiveFractions::InStoredTree(_) => 0,
+                };
+                (
+                    bytes + tree.nodes.len() * size_of::<N>() + copied * size_of::<f64>(),
+                    nodes + tree.nodes.len(),
+                )
+            })
+        }
+        let (bytes, nodes) = match &self.layout {
+            Layout::Ranked { trees, .. } => bytes(trees),
+            Layout::Plain { trees } => bytes(trees),
+        };
+        bytes as f64 / nodes as f64
+    }
+
+    /// The positive-class fraction at each tree's root, in tree order: its prediction before
+    /// any split.
+    pub(super) fn root_positive_fractions(&self) -> Vec<f64> {
+        match &self.layout {
+            Layout::Ranked { trees, .. } => {
+                trees.iter().map(|t| t.positive_fractions.at(0)).collect()
+            }
+            Layout::Plain { trees } => trees.iter().map(|t| t.positive_fractions.at(0)).collect(),
+        }
+    }
+
+    /// Adds to `sums[i]`, tree by tree in order, the positive-class fraction of the leaf that
+    /// row `i` of `rows` (row-major, `n_features` wide, at least `sums.len()` rows) falls into.
+    /// Each tree walks all the rows before the next tree: the more rows, the more of them a
+    /// tree's nodes, once in cache, serve.
+    pub(super) fn add_leaf_values(&self, rows: &[f64], sums: &mut [f64]) {
+        let rows = &rows[..sums.len() * self.n_features];
+        match &self.layout {
+            Layout::Ranked { ranks, trees } => {
+                let codes = ranks.encode(rows);
+                for tree in trees {
+                    tree.add_leaf_values(&codes, self.n_features, sums);
+                }
+            }
+            Layout::Plain { trees } => {
+                for tree in trees {
+                    tree.add_leaf_values(rows, self.n_features, sums);
                 }
             }
         }
-        Ok(FlatTree {
-            nodes,
-            positive_fractions,
-        })
     }
 
-    /// Positive-class fraction of the root: the tree's prediction before any split.
-    pub(super) fn root_positive_fraction(&self) -> f64 {
-        self.positive_fractions[0]
+    /// As [`FlatGroup::add_leaf_values`], for each tree only the rows it did not draw
+    /// (`in_bag[tree][i]` false, one mask per tree of the group, indexed like `sums`), and
+    /// counts in `counts` the trees added.
+    pub(super) fn add_out_of_bag_leaf_values(
+        &self,
+        rows: &[f64],
+        in_bag: &[&[bool]],
+        sums: &mut [f64],
+        counts: &mut [usize],
+    ) {
+        let rows = &rows[..sums.len() * self.n_features];
+        match &self.layout {
+            Layout::Ranked { ranks, trees } => {
+                let codes = ranks.encode(rows);
+                for (tree, in_bag) in trees.iter().zip(in_bag) {
+                    tree.add_out_of_bag_leaf_values(&codes, self.n_features, in_bag, sums, counts);
+                }
+            }
+            Layout::Plain { trees } => {
+                for (tree, in_bag) in trees.iter().zip(in_bag) {
+                    tree.add_out_of_bag_leaf_values(rows, self.n_features, in_bag, sums, counts);
+                }
+            }
+        }
+    }
+
+    /// Adds to `per_feature` (row-major, `n_features` wide, one row per row of `rows`), tree by
+    /// tree in order and along each row's path root first, each step's change in
+    /// positive-class fraction (child minus parent) to the split feature's entry.
+    pub(super) fn add_path_contributions(&self, rows: &[f64], per_feature: &mut [f64]) {
+        if self.n_features == 0 {
+            // No feature, so no split to credit.
+            return;
+        }
+        let rows = &rows[..per_feature.len()];
+        match &self.layout {
+            Layout::Ranked { ranks, trees } => {
+                let codes = ranks.encode(rows);
+                for tree in trees {
+                    tree.add_path_contributions(&codes, self.n_features, per_feature);
+                }
+            }
+            Layout::Plain { trees } => {
+                for tree in trees {
+                    tree.add_path_contributions(rows, self.n_features, per_feature);
+                }
+            }
+        }
+    }
+}
+
+/// Lays out `trees` (the first is tree number `first_tree`, named in errors) plainly, in
+/// parallel; on error, the first malformed tree's.
+fn lay_out_plain(
+    trees: &[Tree],
+    first_tree: usize,
+    n_features: usize,
+    purpose: Purpose,
+) -> Result<Vec<FlatTree<'_, PlainNode>>, ForestError> {
+    let flat: Vec<Result<FlatTree<'_, PlainNode>, ForestError>> = trees
+        .par_iter()
+        .enumerate()
+        .map(|(offset, tree)| {
+            lay_out(
+                tree,
+                first_tree + offset,
+                n_features,
+                purpose,
+                &mut |feature, threshold| PlainNode {
+                    threshold,
+                    left: 0,
+                    feature,
+                },
+            )
+        })
+        .collect();
+    // Sequentially, so the error reported is the first malformed tree's whatever the threads.
+    flat.into_iter().collect()
+}
+
+/// Lays out tree number `tree_index` (named in errors), making each split's node with
+/// `split(feature, threshold)`. Refuses what [`FlatGroup::new`] lists.
+fn lay_out<'t, N: FlatNode>(
+    tree: &'t Tree,
+    tree_index: usize,
+    n_features: usize,
+    purpose: Purpose,
+    split: &mut impl FnMut(u32, f64) -> N,
+) -> Result<FlatTree<'t, N>, ForestError> {
+    match lay_out_as_stored(tree, n_features, purpose, split) {
+        Some(flat) => Ok(flat),
+        None => lay_out_depth_first(tree, tree_index, n_features, split),
+    }
+}
+
+/// The layout of a tree whose stored order already is one: every split's right child right
+/// after its left, no node the child of two splits, the root of none, every index inside the
+/// tree. Fitted trees are stored so (a split appends its two children), and one pass in
+/// storage order lays them out. `None` for any other tree, even one that could be walked:
+/// [`lay_out_depth_first`] then lays it out, or names what is wrong with it.
+fn lay_out_as_stored<'t, N: FlatNode>(
+    tree: &'t Tree,
+    n_features: usize,
+    purpose: Purpose,
+    split: &mut impl FnMut(u32, f64) -> N,
+) -> Option<FlatTree<'t, N>> {
+    // Every node has as many class fractions as the root.
+    tree.node(0)?.class_fractions.get(POSITIVE_CLASS)?;
+    let mut nodes = Vec::with_capacity(tree.len());
+    let mut copied_fractions = Vec::new();
+    if purpose == Purpose::Contributions {
+        copied_fractions.reserve_exact(tree.len());
+    }
+    // With each node the child of at most one split and the root of none, the nodes reachable
+    // from the root form a tree: every walk ends at a leaf.
+    let mut is_child = vec![false; tree.len()];
+    for (here, node) in tree.nodes().enumerate() {
+        if purpose == Purpose::Contributions {
+            copied_fractions.push(*node.class_fractions.get(POSITIVE_CLASS)?);
+        }
+        match node.split_feature {
+            None => nodes.push(N::leaf(here as u32)),
+            Some(feature) => {
+                let left = node.left_child as usize;
+                let right = node.right_child as usize;
+                if feature as usize >= n_features
+                    || left == 0
+                    || right != left + 1
+                    || right >= tree.len()
+                    || std::mem::replace(&mut is_child[left], true)
+                    || std::mem::replace(&mut is_child[right], true)
+                {
+                    return None;
+                }
+                nodes.push(split(feature, node.threshold).with_left(left as u32));
+            }
+        }
+    }
+    let positive_fractions = match purpose {
+        Purpose::Predictions => PositiveFractions::InStoredTree(tree),
+        Purpose::Contributions => PositiveFractions::Copied(copied_fractions),
+    };
+    Some(FlatTree {
+        nodes,
+        positive_fractions,
+    })
+}
+
+/// The layout of any tree that can be walked, built by walking it depth first from the root
+/// and placing each split's children side by side; the first problem met on the way (in the
+/// order the stored tree's own walk would meet it) is the error.
+fn lay_out_depth_first<'t, N: FlatNode>(
+    tree: &'t Tree,
+    tree_index: usize,
+    n_features: usize,
+    split: &mut impl FnMut(u32, f64) -> N,
+) -> Result<FlatTree<'t, N>, ForestError> {
+    let malformed = |node: usize, problem: &'static str| ForestError::MalformedTree {
+        tree: tree_index,
+        node,
+        problem,
+    };
+    if tree.is_empty() {
+        return Err(malformed(0, "the tree has no nodes"));
+    }
+    // Every slot is written when its node is taken from `pending`.
+    let mut nodes = vec![N::sending_everything_right()];
+    let mut positive_fractions = vec![0.0];
+    let mut reached = vec![false; tree.len()];
+    // (node in `tree`, its flat index), left children taken first.
+    let mut pending: Vec<(usize, usize)> = vec![(0, 0)];
+    while let Some((source, here)) = pending.pop() {
+        let node = tree
+            .node(source)
+            .ok_or_else(|| malformed(source, "a child index points outside the tree"))?;
+        if std::mem::replace(&mut reached[source], true) {
+            return Err(malformed(source, "the node is reached twice"));
+        }
+        positive_fractions[here] = *node
+            .class_fractions
+            .get(POSITIVE_CLASS)
+            .ok_or_else(|| malformed(source, "the node has no positive-class fraction"))?;
+        nodes[here] = match node.split_feature {
+            None => N::leaf(here as u32),
+            Some(feature) => {
+                if feature as usize >= n_features {
+                    return Err(malformed(
+                        source,
+                        "the split feature is not a model feature",
+                    ));
+                }
+                let left = nodes.len();
+                nodes.extend([N::sending_everything_right(); 2]);
+                positive_fractions.extend([0.0; 2]);
+                pending.push((node.right_child as usize, left + 1));
+                pending.push((node.left_child as usize, left));
+                split(feature, node.threshold).with_left(left as u32)
+            }
+        };
+    }
+    Ok(FlatTree {
+        nodes,
+        positive_fractions: PositiveFractions::Copied(positive_fractions),
+    })
+}
+
+impl<N: FlatNode> FlatTree<'_, N> {
+    /// The leaves that `LANES` consecutive rows of `rows` (`n_features` wide, at least one)
+    /// fall into, walked in lockstep: their steps are independent, so the CPU overlaps their
+    /// loads, and branchless steps cannot be mispredicted; rows at a leaf stay there until the
+    /// deepest row arrives.
+    #[inline]
+    fn lockstep_leaves(&self, rows: &[N::Value], n_features: usize) -> [usize; LANES] {
+        let rows = &rows[..LANES * n_features];
+        let mut index = [0usize; LANES];
+        loop {
+            let mut moved = false;
+            for (lane, index) in index.iter_mut().enumerate() {
+                let node = self.nodes[*index];
+                let next = node.next(rows[lane * n_features + node.feature()]);
+                moved |= next != *index;
+                *index = next;
+            }
+            if !moved {
+                return index;
+            }
+        }
+    }
+
+    /// The leaf `row` falls into, walked alone.
+    #[inline]
+    fn leaf_of(&self, row: &[N::Value]) -> usize {
+        let mut index = 0;
+        loop {
+            let node = self.nodes[index];
+            // Asked before reading a value: a model without features has none to read.
+            if node.right() == index {
+                return index;
+            }
+            index = node.next(row[node.feature()]);
+        }
+    }
+
+    /// Rows that can walk in lockstep: a lockstep step reads a feature even at a leaf
+    /// (feature 0), which a model without features does not have; its trees are single
+    /// leaves, walked one row at a time.
+    fn lockstep_rows(n_rows: usize, n_features: usize) -> usize {
+        if n_features == 0 {
+            0
+        } else {
+            n_rows / LANES * LANES
+        }
     }
 
     /// Adds to `sums[i]` the positive-class fraction of the leaf that row `i` of `rows`
     /// (row-major, `n_features` wide) falls into.
-    pub(super) fn add_leaf_values(&self, rows: &[f64], n_features: usize, sums: &mut [f64]) {
-        // A lockstep step reads a feature even at a leaf (feature 0), which a model without
-        // features does not have; its trees are single leaves, walked one row at a time.
-        let lockstep_rows = if n_features == 0 {
-            0
-        } else {
-            sums.len() / LANES * LANES
-        };
+    fn add_leaf_values(&self, rows: &[N::Value], n_features: usize, sums: &mut [f64]) {
+        let lockstep_rows = Self::lockstep_rows(sums.len(), n_features);
         let (lockstep_sums, other_sums) = sums.split_at_mut(lockstep_rows);
-        for (group, sums) in lockstep_sums.chunks_exact_mut(LANES).enumerate() {
-            let rows = &rows[group * LANES * n_features..][..LANES * n_features];
-            let mut index = [0usize; LANES];
-            // Lockstep over LANES rows: their steps are independent, so the CPU overlaps their
-            // loads, and branchless steps cannot be mispredicted; rows at a leaf stay there
-            // until the deepest row arrives.
+        for (lanes, sums) in lockstep_sums.chunks_exact_mut(LANES).enumerate() {
+            let leaves = self.lockstep_leaves(&rows[lanes * LANES * n_features..], n_features);
+            for (sum, leaf) in sums.iter_mut().zip(leaves) {
+                *sum += self.positive_fractions.at(leaf);
+            }
+        }
+        for (offset, sum) in other_sums.iter_mut().enumerate() {
+            let row = &rows[(lockstep_rows + offset) * n_features..][..n_features];
+            *sum += self.positive_fractions.at(self.leaf_of(row));
+        }
+    }
+
+    /// As [`FlatTree::add_leaf_values`] for the rows with `in_bag[i]` false, counting each in
+    /// `counts[i]`.
+    fn add_out_of_bag_leaf_values(
+        &self,
+        rows: &[N::Value],
+        n_features: usize,
+        in_bag: &[bool],
+        sums: &mut [f64],
+        counts: &mut [usize],
+    ) {
+        let out_of_bag: Vec<usize> = (0..sums.len()).filter(|&row| !in_bag[row]).collect();
+        let lockstep_rows = Self::lockstep_rows(out_of_bag.len(), n_features);
+        let (lockstep_out_of_bag, others) = out_of_bag.split_at(lockstep_rows);
+        // Out-of-bag rows are scattered: each lockstep group is copied next to each other.
+        let mut gathered = Vec::with_capacity(LANES * n_features);
+        for lanes in lockstep_out_of_bag.chunks_exact(LANES) {
+            gathered.clear();
+            for &row in lanes {
+                gathered.extend_from_slice(&rows[row * n_features..][..n_features]);
+            }
+            for (&row, leaf) in lanes
+                .iter()
+                .zip(self.lockstep_leaves(&gathered, n_features))
+            {
+                sums[row] += self.positive_fractions.at(leaf);
+                counts[row] += 1;
+            }
+        }
+        for &row in others {
+            sums[row] += self
+                .positive_fractions
+                .at(self.leaf_of(&rows[row * n_features..][..n_features]));
+            counts[row] += 1;
+        }
+    }
+
+    /// Adds, along each row's path, each step's change in positive-class fraction (child minus
+    /// parent) to the split feature's entry of that row of `per_feature` (row-major,
+    /// `n_features` wide, one row per row of `rows`), root first. `n_features` is at least 1.
+    fn add_path_contributions(
+        &self,
+        rows: &[N::Value],
+        n_features: usize,
+        per_feature: &mut [f64],
+    ) {
+        match &self.positive_fractions {
+            PositiveFractions::Copied(fractions) => self.add_path_contributions_with(
+                |node| fractions[node],
+                rows,
+                n_features,
+                per_feature,
+            ),
+            in_stored_tree => self.add_path_contributions_with(
+                |node| in_stored_tree.at(node),
+                rows,
+                n_features,
+                per_feature,
+            ),
+        }
+    }
+
+    /// [`FlatTree::add_path_contributions`], reading a node's positive-class fraction with
+    /// `fraction`.
+    #[inline(always)]
+    fn add_path_contributions_with(
+        &self,
+        fraction: impl Fn(usize) -> f64,
+        rows: &[N::Value],
+        n_features: usize,
+        per_feature: &mut [f64],
+    ) {
+        let n_rows = per_feature.len() / n_features;
+        let lockstep_rows = n_rows / CONTRIBUTION_LANES * CONTRIBUTION_LANES;
+        let (lockstep_out, other_out) = per_feature.split_at_mut(lockstep_rows * n_features);
+        for (lanes, out) in lockstep_out
+            .chunks_exact_mut(CONTRIBUTION_LANES * n_features)
+            .enumerate()
+        {
+            let rows =
+                &rows[lanes * CONTRIBUTION_LANES * n_features..][..CONTRIBUTION_LANES * n_features];
+            let mut index = [0usize; CONTRIBUTION_LANES];
+            // As `lockstep_leaves`, adding each lane's steps as it takes them: a row's entries
+            // still receive their additions in path order.
             loop {
                 let mut moved = false;
                 for (lane, index) in index.iter_mut().enumerate() {
                     let node = self.nodes[*index];
-                    let next = std::hint::select_unpredictable(
-                        rows[lane * n_features + node.feature as usize] <= node.value,
-                        *index + 1,
-                        node.right as usize,
-                    );
-                    moved |= next != *index;
+                    let feature = node.feature();
+                    let next = node.next(rows[lane * n_features + feature]);
+                    if next != *index {
+                        out[lane * n_features + feature] += fraction(next) - fraction(*index);
+                        moved = true;
+                    }
                     *index = next;
                 }
                 if !moved {
                     break;
                 }
             }
-            for (sum, &leaf) in sums.iter_mut().zip(&index) {
-                *sum += self.positive_fractions[leaf];
-            }
         }
-        for (offset, sum) in other_sums.iter_mut().enumerate() {
-            *sum += self.leaf_value(&rows[(lockstep_rows + offset) * n_features..][..n_features]);
-        }
-    }
-
-    /// Positive-class fraction of the leaf `row` (raw feature values) falls into.
-    #[inline]
-    pub(super) fn leaf_value(&self, row: &[f64]) -> f64 {
-        let mut index = 0;
-        loop {
-            let node = self.nodes[index];
-            if node.right as usize == index {
-                return self.positive_fractions[index];
+        // The last rows, fewer than a lockstep group, one at a time.
+        for (offset, out_row) in other_out.chunks_exact_mut(n_features).enumerate() {
+            let row = &rows[(lockstep_rows + offset) * n_features..][..n_features];
+            let mut index = 0;
+            let mut parent_fraction = fraction(0);
+            loop {
+                let node = self.nodes[index];
+                if node.right() == index {
+                    break;
+                }
+                let feature = node.feature();
+                index = node.next(row[feature]);
+                let child_fraction = fraction(index);
+                out_row[feature] += child_fraction - parent_fraction;
+                parent_fraction = child_fraction;
             }
-            index = if row[node.feature as usize] <= node.value {
-                index + 1
-            } else {
-                node.right as usize
-            };
-        }
-    }
-
-    /// Adds, along `row`'s path, each step's change in positive-class fraction (child minus
-    /// parent) to the split feature's entry of `per_feature`, root first.
-    #[inline]
-    pub(super) fn add_path_contributions(&self, row: &[f64], per_feature: &mut [f64]) {
-        let mut index = 0;
-        let mut parent_fraction = self.positive_fractions[0];
-        loop {
-            let node = self.nodes[index];
-            if node.right as usize == index {
-                return;
-            }
-            let feature = node.feature as usize;
-            index = if row[feature] <= node.value {
-                index + 1
-            } else {
-                node.right as usize
-            };
-            let child_fraction = self.positive_fractions[index];
-            per_feature[feature] += child_fraction - parent_fraction;
-            parent_fraction = child_fraction;
         }
     }
 }

@@ -1,3 +1,4 @@
+use super::flat::{FlatGroup, Purpose};
 use super::*;
 use ndarray::{Array2, array};
 use rand::{Rng, SeedableRng};
@@ -672,16 +673,31 @@ fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once()
     // One tree per group, two or three per group, and uneven groups.
     for group_nodes in [1, largest, 2 * largest + 1, all_nodes / 2] {
         let grouped = mean_positive_probability(&trees, 6, x_test.view(), group_nodes)?;
-        assert_eq!(bits(grouped.as_slice().ok_or("contiguous")?), bits(whole.as_slice().ok_or("contiguous")?), "probabilities, groups of {group_nodes} nodes");
+        assert_eq!(
+            bits(grouped.as_slice().ok_or("contiguous")?),
+            bits(whole.as_slice().ok_or("contiguous")?),
+            "probabilities, groups of {group_nodes} nodes"
+        );
         let contributions = contributions_of(&trees, 6, x_test.view(), group_nodes)?;
-        assert_eq!(contributions.bias.to_bits(), whole_contributions.bias.to_bits());
+        assert_eq!(
+            contributions.bias.to_bits(),
+            whole_contributions.bias.to_bits()
+        );
         assert_eq!(
             bits(contributions.per_feature.as_slice().ok_or("contiguous")?),
-            bits(whole_contributions.per_feature.as_slice().ok_or("contiguous")?),
+            bits(
+                whole_contributions
+                    .per_feature
+                    .as_slice()
+                    .ok_or("contiguous")?
+            ),
             "contributions, groups of {group_nodes} nodes"
         );
         let oob = oob_estimate(&trees, &in_bag, x.view(), &y, group_nodes)?;
-        assert_eq!(oob.probabilities, whole_oob.probabilities, "OOB, groups of {group_nodes} nodes");
+        assert_eq!(
+            oob.probabilities, whole_oob.probabilities,
+            "OOB, groups of {group_nodes} nodes"
+        );
         assert_eq!(oob.accuracy.to_bits(), whole_oob.accuracy.to_bits());
     }
     Ok(())
@@ -796,6 +812,341 @@ fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResu
     let contributions = model.contributions(x.view())?;
     assert_eq!(contributions.bias, 0.25);
     assert_eq!(contributions.per_feature.dim(), (20, 0));
+    Ok(())
+}
+
+// --- the rank-coded layout and its plain fallback -------------------------------------------
+
+/// A split of eight rows on `feature` at `threshold`, with children (left, right).
+fn split_on(
+    feature: u32,
+    threshold: f64,
+    children: (u32, u32),
+    class_fractions: &[f64],
+) -> Node<'_> {
+    Node {
+        split_feature: Some(feature),
+        threshold,
+        left_child: children.0,
+        right_child: children.1,
+        class_fractions,
+        n_rows: 8,
+        weighted_n_rows: 8.0,
+        impurity: 0.5,
+    }
+}
+
+fn tree_of(nodes: &[Node<'_>]) -> Result<Tree, ForestError> {
+    let mut tree = Tree::new(2);
+    for &node in nodes {
+        tree.push_node(node)?;
+    }
+    Ok(tree)
+}
+
+fn forest_of(n_features: usize, trees: Vec<Tree>) -> RandomForest {
+    RandomForest {
+        n_features,
+        n_classes: 2,
+        trees,
+        feature_importances: vec![0.0; n_features],
+        oob_accuracy: None,
+        oob_probabilities: None,
+    }
+}
+
+/// Values where `x <= threshold` is easy to get wrong: infinities, the largest and smallest
+/// magnitudes, both zeros, a value and its successor, NaN.
+const EDGE_VALUES: [f64; 13] = [
+    f64::NEG_INFINITY,
+    f64::MIN,
+    -1.0,
+    -5e-324,
+    -0.0,
+    0.0,
+    5e-324,
+    f64::MIN_POSITIVE,
+    1.5,
+    1.5000000000000002,
+    f64::MAX,
+    f64::INFINITY,
+    f64::NAN,
+];
+
+/// Three trees on two features whose splits sit on the edge values (and one on NaN, which
+/// sends every row right): the first stored as fitting stores a tree (children side by side),
+/// the second in pre-order (left child next), the third a single leaf.
+fn edge_threshold_trees() -> Result<Vec<Tree>, ForestError> {
+    let side_by_side = tree_of(&[
+        split_on(0, -0.0, (1, 2), &[0.5, 0.5]),
+        split_on(0, f64::NEG_INFINITY, (3, 4), &[0.7, 0.3]),
+        split_on(0, f64::INFINITY, (5, 6), &[0.4, 0.6]),
+        leaf(&[0.875, 0.125]),
+        split_on(1, f64::NAN, (7, 8), &[0.65, 0.35]),
+        split_on(0, 0.0, (9, 10), &[0.45, 0.55]),
+        leaf(&[0.125, 0.875]),
+        leaf(&[1.0, 0.0]),
+        split_on(1, 5e-324, (11, 12), &[0.6, 0.4]),
+        leaf(&[0.8, 0.2]),
+        split_on(1, -0.0, (13, 14), &[0.35, 0.65]),
+        leaf(&[0.55, 0.45]),
+        leaf(&[0.85, 0.15]),
+        leaf(&[0.3, 0.7]),
+        leaf(&[0.05, 0.95]),
+    ])?;
+    let pre_order = tree_of(&[
+        split_on(1, f64::MAX, (1, 4), &[0.5, 0.5]),
+        split_on(1, -5e-324, (2, 3), &[0.6, 0.4]),
+        leaf(&[0.9, 0.1]),
+        leaf(&[0.7, 0.3]),
+        split_on(0, 1.5, (5, 6), &[0.2, 0.8]),
+        leaf(&[0.4, 0.6]),
+        leaf(&[0.1, 0.9]),
+    ])?;
+    let single_leaf = tree_of(&[leaf(&[0.75, 0.25])])?;
+    Ok(vec![side_by_side, pre_order, single_leaf])
+}
+
+/// Every pair of edge values as a row of two features: 169 rows, one more than a multiple of
+/// the lockstep widths.
+fn edge_value_rows() -> Array2<f64> {
+    Array2::from_shape_fn(
+        (EDGE_VALUES.len() * EDGE_VALUES.len(), 2),
+        |(row, feature)| {
+            let index = if feature == 0 {
+                row / EDGE_VALUES.len()
+            } else {
+                row % EDGE_VALUES.len()
+            };
+            EDGE_VALUES[index]
+        },
+    )
+}
+
+#[test]
+fn rank_codes_send_every_value_where_comparing_it_with_the_threshold_does() -> TestResult {
+    let trees = edge_threshold_trees()?;
+    let model = forest_of(2, trees);
+    assert!(FlatGroup::new(&model.trees, 0, 2, Purpose::Predictions)?.is_rank_coded());
+    let x = edge_value_rows();
+    assert_same_bits(
+        &model.predict_proba(x.view())?,
+        &reference_probabilities(&model.trees, &x),
+        "probabilities",
+    );
+    let (bias, per_feature) = reference_contributions(&model.trees, &x);
+    let contributions = model.contributions(x.view())?;
+    assert_same_bits(&[contributions.bias], &[bias], "bias");
+    assert_same_bits(&contributions.per_feature, &per_feature, "contributions");
+    Ok(())
+}
+
+/// Per row, the leaf fractions of `trees` summed in tree order (what a group adds).
+fn reference_leaf_sums(trees: &[Tree], x: &Array2<f64>) -> Vec<f64> {
+    x.rows()
+        .into_iter()
+        .map(|row| {
+            trees.iter().fold(0.0, |sum, tree| {
+                sum + positive_fraction(tree, *reference_path(tree, row).last().unwrap_or(&0))
+            })
+        })
+        .collect()
+}
+
+/// Per row, the leaf fractions of the trees that did not draw it (`in_bag[tree][row]`
+/// false), summed in tree order, and how many.
+fn reference_out_of_bag_sums(
+    trees: &[Tree],
+    in_bag: &[Vec<bool>],
+    x: &Array2<f64>,
+) -> (Vec<f64>, Vec<usize>) {
+    x.rows()
+        .into_iter()
+        .enumerate()
+        .map(|(row_index, row)| {
+            let mut sum = 0.0;
+            let mut count = 0;
+            for (tree, in_bag) in trees.iter().zip(in_bag) {
+                if !in_bag[row_index] {
+                    sum += positive_fraction(tree, *reference_path(tree, row).last().unwrap_or(&0));
+                    count += 1;
+                }
+            }
+            (sum, count)
+        })
+        .unzip()
+}
+
+/// Asserts that `group`, laid out from `trees`, adds the reference walks' bits: leaf values,
+/// out-of-bag leaf values and path contributions (before any division by the tree count).
+fn assert_group_matches_reference(
+    group: &FlatGroup<'_>,
+    trees: &[Tree],
+    x: &Array2<f64>,
+) -> TestResult {
+    let rows = x.as_slice().ok_or("row-major rows")?;
+    let mut sums = vec![0.0; x.nrows()];
+    group.add_leaf_values(rows, &mut sums);
+    assert_same_bits(&sums, &reference_leaf_sums(trees, x), "leaf sums");
+
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let in_bag: Vec<Vec<bool>> = trees
+        .iter()
+        .map(|_| (0..x.nrows()).map(|_| rng.random::<f64>() < 0.6).collect())
+        .collect();
+    let in_bag_views: Vec<&[bool]> = in_bag.iter().map(Vec::as_slice).collect();
+    let mut out_of_bag_sums = vec![0.0; x.nrows()];
+    let mut counts = vec![0; x.nrows()];
+    group.add_out_of_bag_leaf_values(rows, &in_bag_views, &mut out_of_bag_sums, &mut counts);
+    let (expected_sums, expected_counts) = reference_out_of_bag_sums(trees, &in_bag, x);
+    assert_same_bits(&out_of_bag_sums, &expected_sums, "out-of-bag sums");
+    assert_eq!(counts, expected_counts, "out-of-bag counts");
+
+    // The reference divides each row's sums by the tree count; so do these, as
+    // `contributions_of` does (multiplying the reference back would not give the same bits).
+    let mut per_feature = vec![0.0; x.len()];
+    group.add_path_contributions(rows, &mut per_feature);
+    per_feature
+        .iter_mut()
+        .for_each(|value| *value /= trees.len() as f64);
+    let (_, expected) = reference_contributions(trees, x);
+    assert_same_bits(&per_feature, &expected, "contributions");
+    Ok(())
+}
+
+#[test]
+fn a_group_laid_out_plainly_adds_the_same_bits_as_a_rank_coded_one() -> TestResult {
+    let (x, y) = planted_with_missing(1500, 5, 41);
+    let (x_test, _) = planted_with_missing(101, 5, 42);
+    let model = forest(ForestParams::new().n_trees(5).seed(7), &x, &y)?;
+    let edge_trees = edge_threshold_trees()?;
+    let edge_rows = edge_value_rows();
+    for purpose in [Purpose::Predictions, Purpose::Contributions] {
+        // Fitted features split on up to 255 bin edges; a limit of 10 forces the plain layout.
+        for (limit, rank_coded) in [(usize::MAX, true), (10, false)] {
+            let group = FlatGroup::with_rank_limit(&model.trees, 0, 5, purpose, limit)?;
+            assert_eq!(
+                group.is_rank_coded(),
+                rank_coded,
+                "{purpose:?}, limit {limit}"
+            );
+            assert_group_matches_reference(&group, &model.trees, &x_test)?;
+        }
+        for limit in [usize::MAX, 4, 3, 0] {
+            let group = FlatGroup::with_rank_limit(&edge_trees, 0, 2, purpose, limit)?;
+            // Each feature splits on four distinct thresholds: -inf, 0.0 (-0.0 is the same
+            // one), 1.5 and inf; -5e-324, 0.0, 5e-324 and f64::MAX (a NaN threshold is none).
+            assert_eq!(
+                group.is_rank_coded(),
+                limit >= 4,
+                "{purpose:?}, limit {limit}"
+            );
+            assert_group_matches_reference(&group, &edge_trees, &edge_rows)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_model_with_more_features_than_a_u16_numbers_predicts_plainly() -> TestResult {
+    let n_features = usize::from(u16::MAX) + 1;
+    let last = u32::from(u16::MAX);
+    let tree = tree_of(&[
+        split_on(last, 0.5, (1, 2), &[0.5, 0.5]),
+        split_on(0, -1.0, (3, 4), &[0.25, 0.75]),
+        leaf(&[0.9, 0.1]),
+        leaf(&[0.6, 0.4]),
+        leaf(&[0.2, 0.8]),
+    ])?;
+    let model = forest_of(n_features, vec![tree]);
+    assert!(!FlatGroup::new(&model.trees, 0, n_features, Purpose::Predictions)?.is_rank_coded());
+    let mut x = Array2::zeros((9, n_features));
+    for (row, values) in [(1, (-2.0, 0.0)), (2, (0.0, 1.0)), (3, (f64::NAN, f64::NAN))] {
+        x[[row, 0]] = values.0;
+        x[[row, n_features - 1]] = values.1;
+    }
+    assert_same_bits(
+        &model.predict_proba(x.view())?,
+        &reference_probabilities(&model.trees, &x),
+        "probabilities",
+    );
+    let (_, per_feature) = reference_contributions(&model.trees, &x);
+    assert_same_bits(
+        &model.contributions(x.view())?.per_feature,
+        &per_feature,
+        "contributions",
+    );
+    Ok(())
+}
+
+/// `tree` renumbered in pre-order (a left child right after its parent), as other tools store
+/// trees, with the same nodes.
+fn in_pre_order(tree: &Tree) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
+    let mut order = Vec::with_capacity(tree.len());
+    let mut pending = vec![0];
+    while let Some(index) = pending.pop() {
+        order.push(index);
+        let node = tree.node(index).ok_or("a child inside the tree")?;
+        if node.split_feature.is_some() {
+            pending.push(node.right_child as usize);
+            pending.push(node.left_child as usize);
+        }
+    }
+    let mut new_index = vec![0; tree.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new as u32;
+    }
+    let mut renumbered = Tree::new(2);
+    for &old in &order {
+        let mut node = tree.node(old).ok_or("a node of the tree")?;
+        if node.split_feature.is_some() {
+            node.left_child = new_index[node.left_child as usize];
+            node.right_child = new_index[node.right_child as usize];
+        }
+        renumbered.push_node(node)?;
+    }
+    Ok(renumbered)
+}
+
+#[test]
+fn a_tree_stored_in_another_order_predicts_the_same_bits() -> TestResult {
+    let (x, y) = planted_with_missing(2000, 6, 51);
+    let (x_test, _) = planted_with_missing(300, 6, 52);
+    let model = forest(ForestParams::new().n_trees(4).seed(9), &x, &y)?;
+    let mut renumbered = model.clone();
+    renumbered.trees = model
+        .trees
+        .iter()
+        .map(in_pre_order)
+        .collect::<Result<_, _>>()?;
+    assert_ne!(renumbered.trees, model.trees, "the nodes moved");
+    assert_forest_matches_reference(&renumbered, &x_test)?;
+    assert_same_bits(
+        &renumbered.predict_proba(x_test.view())?,
+        &model.predict_proba(x_test.view())?,
+        "probabilities of the renumbered trees",
+    );
+    Ok(())
+}
+
+#[test]
+fn a_fitted_forest_is_laid_out_rank_coded_in_8_bytes_a_node_for_predictions() -> TestResult {
+    let (x, y) = planted(2000, 6, 61);
+    let model = forest(ForestParams::new().n_trees(3), &x, &y)?;
+    let layout =
+        |purpose, rank_limit| FlatGroup::with_rank_limit(&model.trees, 0, 6, purpose, rank_limit);
+    let for_predictions = layout(Purpose::Predictions, usize::MAX)?;
+    assert!(for_predictions.is_rank_coded());
+    // An 8-byte node (left child, feature, bound); leaf values are read from the stored tree.
+    assert_eq!(for_predictions.bytes_per_node(), 8.0);
+    // Contributions read a fraction at every step: 8 more bytes, copied next to the nodes.
+    assert_eq!(
+        layout(Purpose::Contributions, usize::MAX)?.bytes_per_node(),
+        16.0
+    );
+    // The plain layout's node is 16 bytes (threshold, left child, feature).
+    assert_eq!(layout(Purpose::Predictions, 0)?.bytes_per_node(), 16.0);
+    assert_eq!(layout(Purpose::Contributions, 0)?.bytes_per_node(), 24.0);
     Ok(())
 }
 
