@@ -71,7 +71,7 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Timestamps, durations and the sandbox's path out of stderr.
+/// Timestamps, durations, resident memory and the sandbox's path out of stderr.
 fn normalise(stderr: &str, sandbox: &Path) -> String {
     let mut text = stderr.to_string();
     for root in [sandbox.canonicalize().unwrap_or_else(|_| sandbox.to_path_buf()), sandbox.to_path_buf()] {
@@ -94,6 +94,11 @@ fn normalise(stderr: &str, sandbox: &Path) -> String {
             rest = &rest[end..];
         }
         cleaned.push_str(rest);
+        // Resident memory varies by machine like durations do; the expected files leave it out.
+        if let Some(at) = cleaned.find(" resident_mib=") {
+            let digits = cleaned[at + 14..].find(|c: char| !c.is_ascii_digit()).map_or(cleaned.len(), |n| at + 14 + n);
+            cleaned.replace_range(at..digits, "");
+        }
         out.push_str(cleaned.trim_start());
         out.push('\n');
     }
