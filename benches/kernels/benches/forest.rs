@@ -19,7 +19,7 @@
 //! scoring) and on 10k rows (one of the 86 predictions of permutation importance, which lays
 //! the forest out again each time), and `contributions` on 65k rows. Only it:
 //!
-//!   CARGO_TARGET_DIR=~/.cache/segflow/target-ml cargo bench -p segflow-benches --bench forest -- forest/predict
+//!   CARGO_TARGET_DIR=~/.cache/segflow/target-ml cargo bench -p segflow-benches --bench forest -- forest/predict/
 //!
 //! To compare two commits, add `--save-baseline before` on the first and `--baseline before`
 //! on the second.

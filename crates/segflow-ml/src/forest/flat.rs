@@ -50,7 +50,7 @@
 //! out a group of trees at a time (`forest.rs`), where a kept copy would hold them as long as
 //! the model lives (350 MB for a 44M-node forest), and a loaded or edited model can never
 //! predict with a stale layout. The price is laying out every tree on every call: for 100
-//! full-depth trees of 47k nodes, 45 ms on two threads, two thirds of predicting 10k rows.
+//! full-depth trees of 47k nodes, about 45 ms on two threads, some 60 % of predicting 10k rows.
 //!
 //! Results are bit-identical to walking the `Tree`: the same comparisons reach the same leaves,
 //! whose stored fractions are read or copied exactly, and every sum adds the same terms in the
