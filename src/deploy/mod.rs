@@ -28,7 +28,7 @@ use segflow_ml::prep::{FeatureKind, Preparation};
 use crate::engine::{self, Engine, EngineOptions, InputLocation};
 use crate::sink::{self, TableTarget};
 use crate::stage::churn::{self, ChurnModel};
-use crate::stage::features::{FeatureData, feature_columns, read_features, text_views};
+use crate::stage::features::{FeatureData, feature_columns, for_each_feature_block, read_features, text_views};
 use crate::stage::segment::{self, SegmentModel};
 
 /// Everything that can stop an assignment or a scoring, with whose fault it is.
@@ -67,31 +67,64 @@ pub async fn score(model_path: &Path, input: &Path, output: &Path, run_id: &str,
     if engine_options.engine != Engine::Local {
         return score_on_cluster(&model, model_path, input, output, run_id, engine_options).await;
     }
-    let (session, data, x) = prepared_input(input, &model.id_column, &model.preparation, engine_options).await?;
-    let scores = model.score(x.view()).map_err(|e| DeployError::Failed(format!("scoring input {}: {e}", input.display())))?;
-    let batch = churn::scores_batch(&model.id_column, &data.ids, &vec!["score"; data.len()], &[], &scores, model.explain).map_err(|e| DeployError::Failed(e.to_string()))?;
+    let (session, frame, what) = input_frame(input, &model.id_column, &model.preparation, engine_options).await?;
+    let features: Vec<(&str, FeatureKind)> = model.preparation.features().iter().map(|f| (f.name(), f.kind())).collect();
+    let (numeric, categorical) = of_kinds(&features);
+    let mut table = churn::ScoresTable::new(&model.id_column, model.explain);
+    // Bad input is `Invalid`; the model failing on prepared rows is `Failed`.
+    let mut scoring_failed = None;
+    // A block of customers at a time, so that only the model and one block are in memory.
+    let read = for_each_feature_block(frame, &model.id_column, &numeric, &categorical, &what, churn::SCORE_BLOCK_ROWS, |block, first_row| {
+        let text = text_views(&block);
+        let x = model.preparation.transform(&feature_columns(&block, &text, &features)).map_err(|e| format!("{what}: {}", e.with_row_offset(first_row)))?;
+        let scores = model.score(x.view()).map_err(|e| {
+            let message = format!("scoring input {}: {e}", input.display());
+            scoring_failed = Some(message.clone());
+            message
+        })?;
+        table.push(&block.ids, &scores, |_| "score", |_| None);
+        Ok(())
+    })
+    .await;
+    match (read, scoring_failed) {
+        (_, Some(message)) => return Err(DeployError::Failed(message)),
+        (Err(message), None) => return Err(DeployError::Invalid(message)),
+        (Ok(()), None) => {}
+    }
+    let batch = table.finish().map_err(|e| DeployError::Failed(e.to_string()))?;
     commit(&session, batch, output, run_id, &model.run_date).await
 }
 
 /// Reads INPUT, checks it has every column the model was fitted on, and prepares it with the
 /// model's own preparation.
 async fn prepared_input(input: &Path, id_column: &str, preparation: &Preparation, engine_options: &EngineOptions) -> Result<(SessionContext, FeatureData, ndarray::Array2<f64>), DeployError> {
+    let (session, frame, what) = input_frame(input, id_column, preparation, engine_options).await?;
+    let features: Vec<(&str, FeatureKind)> = preparation.features().iter().map(|f| (f.name(), f.kind())).collect();
+    let (numeric, categorical) = of_kinds(&features);
+    let data = read_features(frame, id_column, &numeric, &categorical, &what).await.map_err(DeployError::Invalid)?;
+    let text = text_views(&data);
+    let x = preparation.transform(&feature_columns(&data, &text, &features)).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
+    Ok((session, data, x))
+}
+
+/// The names of the numeric features, then of the categorical ones.
+fn of_kinds(features: &[(&str, FeatureKind)]) -> (Vec<String>, Vec<String>) {
+    let of_kind = |kind: FeatureKind| features.iter().filter(|(_, k)| *k == kind).map(|(name, _)| name.to_string()).collect::<Vec<_>>();
+    (of_kind(FeatureKind::Numeric), of_kind(FeatureKind::Categorical))
+}
+
+/// INPUT registered in a new session, checked to have every column the model was fitted on,
+/// and how messages name it.
+async fn input_frame(input: &Path, id_column: &str, preparation: &Preparation, engine_options: &EngineOptions) -> Result<(SessionContext, DataFrame, String), DeployError> {
     let location = InputLocation::resolve(input).map_err(|e| DeployError::Invalid(format!("input {}: {e}", input.display())))?;
     let session: SessionContext = engine::session(engine_options).map_err(|e| DeployError::Failed(format!("cannot start the query engine: {e}")))?;
     let what = format!("input {}", input.display());
     let schema = engine::register_parquet(&session, "customers", &location)
         .await
         .map_err(|e| DeployError::Invalid(format!("{what} cannot be read as Parquet: {}", engine::describe_datafusion_error(&e))))?;
-
-    let features: Vec<(&str, FeatureKind)> = preparation.features().iter().map(|f| (f.name(), f.kind())).collect();
     check_columns(&schema, id_column, preparation, &what)?;
-    let of_kind = |kind: FeatureKind| features.iter().filter(|(_, k)| *k == kind).map(|(name, _)| name.to_string()).collect::<Vec<_>>();
-    let (numeric, categorical) = (of_kind(FeatureKind::Numeric), of_kind(FeatureKind::Categorical));
     let frame = session.table("customers").await.map_err(|e| DeployError::Failed(engine::describe_datafusion_error(&e)))?;
-    let data = read_features(frame, id_column, &numeric, &categorical, &what).await.map_err(DeployError::Invalid)?;
-    let text = text_views(&data);
-    let x = preparation.transform(&feature_columns(&data, &text, &features)).map_err(|e| DeployError::Invalid(format!("{what}: {e}")))?;
-    Ok((session, data, x))
+    Ok((session, frame, what))
 }
 
 /// Every column the model was fitted on must be in INPUT, under the same name.

@@ -45,7 +45,7 @@ mod evaluate;
 pub mod label;
 mod model;
 
-pub use model::{ChurnModel, MODEL_FILE, Score, scores_batch, scores_schema, top_columns};
+pub use model::{ChurnModel, MODEL_FILE, SCORE_BLOCK_ROWS, Score, ScoresTable, scores_schema, top_columns};
 
 use std::sync::Arc;
 
@@ -62,10 +62,10 @@ use serde::Deserialize;
 
 use segflow_ml::forest::{ClassWeight, DecisionTree, DecisionTreeParams, ForestParams, MaxFeatures, RandomForest};
 use segflow_ml::metrics::{self, ThresholdPolicy};
-use segflow_ml::prep::{FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
+use segflow_ml::prep::{FeatureColumn, FeatureKind, FeatureSpec, Impute, Preparation, Scaling, Transform};
 use segflow_ml::split::{self, Split};
 
-use super::features::{ColumnCheck, FeatureData, feature_columns, is_id_type, is_numeric_type, read_features, text_views};
+use super::features::{ColumnCheck, FeatureData, feature_columns, for_each_feature_block, is_id_type, is_numeric_type, read_features, text_views};
 use super::{Artifact, BuildContext, MODELS_DIR, Stage, StageContext, StageFailure, StageKind, StageMetrics, StageOutput, StageProblem, StageResult};
 use crate::config::yaml::{At, Node, OrderedMap, Value, did_you_mean, from_node, quoted_list};
 use crate::evaluation::{EvaluationRows, Keys};
@@ -819,31 +819,35 @@ impl Stage for ChurnStage {
             training_customers: y_train.len() as u64,
             training_churn_rate: y_train.iter().sum::<usize>() as f64 / y_train.len().max(1) as f64,
         };
-        let scores_batch = match to_score {
+        let mut table = ScoresTable::new(&self.id.value, self.explain);
+        match to_score {
             ToScore::OtherTable(score_table) => {
                 let what = format!("input `{score_table}`");
                 let frame = session.table(score_table.as_str()).await?;
                 let numeric: Vec<String> = self.features.iter().filter(|f| f.is_numeric()).map(|f| f.name.value.clone()).collect();
-                let to_score = read_features(frame, &self.id.value, &numeric, &categorical, &what).await.map_err(fail)?;
-                let x_score = {
-                    let text = text_views(&to_score);
-                    preparation.transform(&feature_columns(&to_score, &text, &kinds)).map_err(|e| fail(format!("{what}: {e}")))?
-                };
-                let ids = to_score.ids.clone();
-                drop(to_score);
-                let scores = model.score(x_score.view()).map_err(fail)?;
-                drop(x_score);
-                scores_batch(&self.id.value, &ids, &vec!["score"; ids.len()], &[], &scores, self.explain)
+                // A block at a time: at 100M transaction lines the table's columns as read, as
+                // text and prepared took 1.7 GB beside the forest.
+                for_each_feature_block(frame, &self.id.value, &numeric, &categorical, &what, SCORE_BLOCK_ROWS, |block, first_row| {
+                    let text = text_views(&block);
+                    score_rows(&model, &feature_columns(&block, &text, &kinds), &block.ids, first_row, &mut table, |_| "score", |_| None).map_err(|e| format!("{what}: {e}"))
+                })
+                .await
+                .map_err(fail)?;
             }
             ToScore::TrainingTable(data) => {
                 let mut splits = vec!["train"; data.len()];
                 split.test.iter().for_each(|&r| splits[r] = "test");
-                let observed: Vec<Option<bool>> = labels.iter().map(|&l| Some(l == 1)).collect();
-                let scores = model.score(prepare_training_table(&data)?.view()).map_err(fail)?;
-                scores_batch(&self.id.value, &data.ids, &splits, &observed, &scores, self.explain)
+                let text = text_views(&data);
+                let columns = feature_columns(&data, &text, &kinds);
+                for start in (0..data.len()).step_by(SCORE_BLOCK_ROWS) {
+                    let rows = start..(start + SCORE_BLOCK_ROWS).min(data.len());
+                    let block: Vec<FeatureColumn<'_>> = columns.iter().map(|c| c.rows(rows.clone())).collect();
+                    let ids = data.ids.slice(start, rows.len());
+                    score_rows(&model, &block, &ids, start, &mut table, |r| splits[start + r], |r| Some(labels[start + r] == 1)).map_err(|e| fail(format!("feature preparation: {e}")))?;
+                }
             }
         }
-        .map_err(|e| fail(e.to_string()))?;
+        let scores_batch = table.finish().map_err(|e| fail(e.to_string()))?;
         let predicted_churners = scores_batch.column_by_name("predicted_churn").map(|c| c.as_boolean().true_count()).unwrap_or(0);
 
         phases.done("scores");
@@ -1109,4 +1113,13 @@ fn push_by_segment(evaluation: &mut EvaluationRows, batch: &RecordBatch) {
 enum ToScore<'a, T> {
     OtherTable(&'a T),
     TrainingTable(FeatureData),
+}
+
+/// Prepares one block of customers (`columns`, the table's rows `first_row..`) with the
+/// model's preparation, scores it and appends it to `table`.
+fn score_rows<'s>(model: &ChurnModel, columns: &[FeatureColumn<'_>], ids: &ArrayRef, first_row: usize, table: &mut ScoresTable, split: impl Fn(usize) -> &'s str, label: impl Fn(usize) -> Option<bool>) -> Result<(), String> {
+    let x = model.preparation.transform(columns).map_err(|e| e.with_row_offset(first_row).to_string())?;
+    let scores = model.score(x.view())?;
+    table.push(ids, &scores, split, label);
+    Ok(())
 }

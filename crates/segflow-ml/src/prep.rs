@@ -231,6 +231,17 @@ impl FeatureColumn<'_> {
     }
 }
 
+impl<'a> FeatureColumn<'a> {
+    /// The rows `rows` of this column, to prepare a large table a block at a time (then
+    /// [`PrepError::with_row_offset`] keeps row numbers in errors those of the table).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> FeatureColumn<'a> {
+        match *self {
+            Self::Numeric(values) => Self::Numeric(&values[rows]),
+            Self::Categorical(values) => Self::Categorical(&values[rows]),
+        }
+    }
+}
+
 /// Everything that can be wrong with feature specs, input columns or a saved preparation. One
 /// variant per rule; the messages are shown to users, so each names the column, says what is
 /// wrong (with a count and an example) and what would be valid. Floats print in Rust's `Debug`
@@ -386,6 +397,18 @@ pub enum PrepError {
          damaged, so fit the model again"
     )]
     InvalidModel { reason: String },
+}
+
+impl PrepError {
+    /// The error of rows `offset..` of a table prepared a block at a time, with its row
+    /// numbers counted from the table's first row (counts stay those of the block).
+    pub fn with_row_offset(mut self, offset: usize) -> PrepError {
+        match &mut self {
+            PrepError::NullValues { first_row, .. } | PrepError::NonFiniteValues { first_row, .. } | PrepError::Overflow { first_row, .. } => *first_row += offset,
+            _ => {}
+        }
+        self
+    }
 }
 
 /// Every error in `specs` that can be found without data, in spec order: no specs, empty or

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int32Builder, RecordBatch, StringBuilder, UInt32Builder};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, Int32Array, RecordBatch, StringBuilder, UInt32Builder};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt32Type};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -193,31 +193,30 @@ impl ChurnModel {
         Ok(())
     }
 
-    /// Scores prepared rows: probability, decile, decision and explanation for each.
+    /// Scores prepared rows: probability, decision and explanation for each. Risk deciles rank
+    /// a whole table, so [`ScoresTable`] gives them once every block is in.
+    ///
+    /// Holds a rows × prepared-columns contribution matrix while it runs: callers score a
+    /// table a block of rows at a time ([`SCORE_BLOCK_ROWS`]).
     pub fn score(&self, x: ArrayView2<'_, f64>) -> Result<Vec<Score<'_>>, String> {
         let probabilities = self.fitted.predict_proba(x).map_err(|e| e.to_string())?;
         let groups = feature_groups(&self.preparation);
         let names: Vec<&str> = self.preparation.features().iter().map(|f| f.name()).collect();
-        let deciles = risk_deciles(probabilities.as_slice().unwrap_or(&probabilities.to_vec()));
-        let mut scores = Vec::with_capacity(x.nrows());
-        // Contributions a block of rows at a time: the whole matrix (rows × prepared columns)
-        // would be gigabytes for millions of customers, and only each row's top few are kept.
-        for start in (0..x.nrows()).step_by(CONTRIBUTION_ROWS) {
-            let end = (start + CONTRIBUTION_ROWS).min(x.nrows());
-            let contributions = self.fitted.contributions(x.slice(ndarray::s![start..end, ..])).map_err(|e| e.to_string())?;
-            for row in start..end {
-                let mut per_feature = vec![0.0; names.len()];
+        let contributions = self.fitted.contributions(x).map_err(|e| e.to_string())?;
+        let mut per_feature = vec![0.0; names.len()];
+        let scores = (0..x.nrows())
+            .map(|row| {
+                per_feature.fill(0.0);
                 for (column, &feature) in groups.iter().enumerate() {
-                    per_feature[feature] += contributions.per_feature[[row - start, column]];
+                    per_feature[feature] += contributions.per_feature[[row, column]];
                 }
-                scores.push(Score {
+                Score {
                     probability: probabilities[row],
-                    decile: deciles[row],
                     predicted: probabilities[row] >= self.threshold,
                     top: top_contributions(&per_feature, self.explain).into_iter().map(|(f, c)| (names[f], c)).collect(),
-                });
-            }
-        }
+                }
+            })
+            .collect();
         Ok(scores)
     }
 }
@@ -354,8 +353,6 @@ fn read_trees(path: &Path) -> Result<Vec<Tree>, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score<'model> {
     pub probability: f64,
-    /// 1 = the tenth of customers at highest risk.
-    pub decile: u8,
     pub predicted: bool,
     /// (feature, contribution to the probability), largest |contribution| first.
     pub top: Vec<(&'model str, f64)>,
@@ -375,8 +372,12 @@ pub fn top_contributions(per_feature: &[f64], n: usize) -> Vec<(usize, f64)> {
     order.into_iter().take(n).map(|f| (f, per_feature[f])).collect()
 }
 
-/// Rows whose path contributions are computed together when scoring.
-const CONTRIBUTION_ROWS: usize = 65_536;
+/// Customers prepared and scored together. A block holds its prepared rows and their
+/// contributions (rows × prepared columns × 8 bytes each, 58 MB at 28 columns); the whole
+/// table at once held 2.6M × 28 × 16 bytes more at 100M transaction lines, besides the text of
+/// its columns. Each block lays the forest out twice (probabilities, then contributions), so
+/// blocks should not be small.
+pub const SCORE_BLOCK_ROWS: usize = 1 << 18;
 
 /// Risk deciles: customers ranked by probability, highest first (ties by row order), cut into
 /// ten groups by the same rule as the lift table (`n = 10q + r`: the first `r` deciles get
@@ -415,39 +416,69 @@ pub fn scores_schema(id_column: &str, id_type: &DataType, explain: usize) -> Sch
     Arc::new(Schema::new(fields))
 }
 
-/// One row per scored customer. `splits` says which side of the split each row was on
-/// (`train`, `test`, or `score` for customers the model did not see); `labels` the observed
-/// label where there is one.
-pub fn scores_batch(id_column: &str, ids: &ArrayRef, splits: &[&str], labels: &[Option<bool>], scores: &[Score<'_>], explain: usize) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    let n = scores.len();
-    let mut split = StringBuilder::new();
-    let mut probability = Float64Builder::with_capacity(n);
-    let mut decile = Int32Builder::with_capacity(n);
-    let mut predicted = BooleanBuilder::with_capacity(n);
-    let mut churned = BooleanBuilder::with_capacity(n);
-    for (row, score) in scores.iter().enumerate() {
-        split.append_value(splits[row]);
-        probability.append_value(score.probability);
-        decile.append_value(i32::from(score.decile));
-        predicted.append_value(score.predicted);
-        churned.append_option(labels.get(row).copied().flatten());
-    }
-    let mut columns: Vec<ArrayRef> = vec![
-        ids.clone(),
-        Arc::new(split.finish()),
-        Arc::new(probability.finish()),
-        Arc::new(decile.finish()),
-        Arc::new(predicted.finish()),
-        Arc::new(churned.finish()),
-    ];
-    columns.extend(top_columns(scores, explain));
-    RecordBatch::try_new(scores_schema(id_column, ids.data_type(), explain), columns)
+/// The scores table, built a block of customers at a time: one row per scored customer, with
+/// the split each row was on (`train`, `test`, or `score` for customers the model did not
+/// see), the observed label where there is one, and the risk decile, which ranks the whole
+/// table and so is computed in [`ScoresTable::finish`].
+pub struct ScoresTable {
+    id_column: String,
+    explain: usize,
+    ids: Vec<ArrayRef>,
+    split: StringBuilder,
+    probabilities: Vec<f64>,
+    predicted: BooleanBuilder,
+    churned: BooleanBuilder,
+    top: Vec<(StringBuilder, Float64Builder)>,
 }
 
-/// The `top_feature_i`, `top_contribution_i` columns of `scores` for i in 1..=`explain`, in that
-/// order; null where a row has fewer than i contributing features.
-pub fn top_columns(scores: &[Score<'_>], explain: usize) -> Vec<ArrayRef> {
-    let mut top: Vec<(StringBuilder, Float64Builder)> = (0..explain).map(|_| (StringBuilder::new(), Float64Builder::new())).collect();
+impl ScoresTable {
+    pub fn new(id_column: &str, explain: usize) -> ScoresTable {
+        ScoresTable {
+            id_column: id_column.to_string(),
+            explain,
+            ids: Vec::new(),
+            split: StringBuilder::new(),
+            probabilities: Vec::new(),
+            predicted: BooleanBuilder::new(),
+            churned: BooleanBuilder::new(),
+            top: (0..explain).map(|_| (StringBuilder::new(), Float64Builder::new())).collect(),
+        }
+    }
+
+    /// Appends one block: `ids`, `scores`, `split(row)` and `label(row)` for each row of it.
+    pub fn push<'s>(&mut self, ids: &ArrayRef, scores: &[Score<'_>], split: impl Fn(usize) -> &'s str, label: impl Fn(usize) -> Option<bool>) {
+        self.ids.push(ids.clone());
+        for (row, score) in scores.iter().enumerate() {
+            self.split.append_value(split(row));
+            self.probabilities.push(score.probability);
+            self.predicted.append_value(score.predicted);
+            self.churned.append_option(label(row));
+        }
+        append_top(&mut self.top, scores);
+    }
+
+    pub fn finish(mut self) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        let id_type = self.ids.first().map(|ids| ids.data_type().clone()).unwrap_or(DataType::Int64);
+        let ids = match self.ids.as_slice() {
+            [only] => only.clone(),
+            [] => datafusion::arrow::array::new_empty_array(&id_type),
+            blocks => datafusion::arrow::compute::concat(&blocks.iter().map(|b| b.as_ref()).collect::<Vec<_>>())?,
+        };
+        let deciles: Int32Array = risk_deciles(&self.probabilities).into_iter().map(|d| Some(i32::from(d))).collect();
+        let mut columns: Vec<ArrayRef> = vec![
+            ids,
+            Arc::new(self.split.finish()),
+            Arc::new(Float64Array::from(std::mem::take(&mut self.probabilities))),
+            Arc::new(deciles),
+            Arc::new(self.predicted.finish()),
+            Arc::new(self.churned.finish()),
+        ];
+        columns.extend(self.top.into_iter().flat_map(|(mut name, mut value)| [Arc::new(name.finish()) as ArrayRef, Arc::new(value.finish())]));
+        RecordBatch::try_new(scores_schema(&self.id_column, &id_type, self.explain), columns)
+    }
+}
+
+fn append_top(top: &mut [(StringBuilder, Float64Builder)], scores: &[Score<'_>]) {
     for score in scores {
         for (i, (name, value)) in top.iter_mut().enumerate() {
             match score.top.get(i) {
@@ -462,6 +493,13 @@ pub fn top_columns(scores: &[Score<'_>], explain: usize) -> Vec<ArrayRef> {
             }
         }
     }
+}
+
+/// The `top_feature_i`, `top_contribution_i` columns of `scores` for i in 1..=`explain`, in that
+/// order; null where a row has fewer than i contributing features.
+pub fn top_columns(scores: &[Score<'_>], explain: usize) -> Vec<ArrayRef> {
+    let mut top: Vec<(StringBuilder, Float64Builder)> = (0..explain).map(|_| (StringBuilder::new(), Float64Builder::new())).collect();
+    append_top(&mut top, scores);
     top.into_iter().flat_map(|(mut name, mut value)| [Arc::new(name.finish()) as ArrayRef, Arc::new(value.finish())]).collect()
 }
 
@@ -487,5 +525,36 @@ mod tests {
     fn top_contributions_rank_by_size_whatever_the_sign_and_skip_zeros() {
         assert_eq!(top_contributions(&[0.1, -0.3, 0.0, 0.2], 3), vec![(1, -0.3), (3, 0.2), (0, 0.1)]);
         assert_eq!(top_contributions(&[0.0, 0.05], 3), vec![(1, 0.05)]);
+    }
+
+    #[test]
+    fn a_scores_table_built_in_blocks_is_the_table_built_at_once_deciles_ranking_the_whole_table() {
+        let ids: ArrayRef = Arc::new(datafusion::arrow::array::Int64Array::from((0..12).collect::<Vec<i64>>()));
+        let scores: Vec<Score<'_>> = (0..12)
+            .map(|i| Score { probability: ((i * 7) % 12) as f64 / 12.0, predicted: i % 3 == 0, top: if i % 2 == 0 { vec![("recency", 0.1 * i as f64), ("frequency", -0.01)] } else { vec![("monetary", 0.2)] } })
+            .collect();
+        let split = |row: usize| if row % 4 == 0 { "test" } else { "train" };
+        let label = |row: usize| (row % 5 != 0).then_some(row % 2 == 0);
+        let mut at_once = ScoresTable::new("customer_id", 2);
+        at_once.push(&ids, &scores, split, label);
+        let at_once = at_once.finish().unwrap();
+        let mut in_blocks = ScoresTable::new("customer_id", 2);
+        for (start, end) in [(0, 5), (5, 6), (6, 12)] {
+            in_blocks.push(&ids.slice(start, end - start), &scores[start..end], |r| split(start + r), |r| label(start + r));
+        }
+        let in_blocks = in_blocks.finish().unwrap();
+        assert_eq!(in_blocks, at_once);
+        let deciles: Vec<i32> = at_once.column_by_name("risk_decile").unwrap().as_primitive::<datafusion::arrow::datatypes::Int32Type>().values().to_vec();
+        let expected: Vec<i32> = risk_deciles(&scores.iter().map(|s| s.probability).collect::<Vec<_>>()).into_iter().map(i32::from).collect();
+        assert_eq!(deciles, expected);
+        assert_eq!(at_once.num_columns(), 6 + 2 * 2);
+    }
+
+    #[test]
+    fn an_empty_scores_table_has_the_documented_columns() {
+        let table = ScoresTable::new("customer_id", 1).finish().unwrap();
+        assert_eq!(table.num_rows(), 0);
+        let names: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["customer_id", "split", "churn_probability", "risk_decile", "predicted_churn", "churned", "top_feature_1", "top_contribution_1"]);
     }
 }

@@ -443,6 +443,30 @@ fn impute_fail_refuses_nulls_naming_the_column_and_their_count() -> TestResult {
 }
 
 #[test]
+fn a_block_of_a_table_reports_rows_counted_from_the_table_s_first_row() -> TestResult {
+    let fitting = present(&[1.0, 2.0]);
+    let preparation = Preparation::fit(
+        &[scaled("spend", Scaling::None)],
+        &[FeatureColumn::Numeric(&fitting)],
+    )?;
+    let table = vec![Some(1.0), Some(2.0), Some(3.0), Some(f64::INFINITY), Some(4.0)];
+    let second_block = FeatureColumn::Numeric(&table).rows(2..5);
+    let error = preparation
+        .transform(&[second_block])
+        .map_err(|e| e.with_row_offset(2));
+    assert_eq!(
+        error,
+        Err(PrepError::NonFiniteValues {
+            column: "spend".to_owned(),
+            count: 1,
+            first_row: 3,
+            example: f64::INFINITY,
+        })
+    );
+    Ok(())
+}
+
+#[test]
 fn impute_median_of_an_all_null_column_is_refused() {
     let spend = vec![None, None, None];
     let error = fit_error(
