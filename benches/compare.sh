@@ -6,6 +6,8 @@
 #   benches/compare.sh                      # Online Retail, then generated 1M and 10M lines
 #   benches/compare.sh online_retail 1m     # any of: online_retail 1m 10m 100m
 #   SEGFLOW_REFERENCE_100M=1 benches/compare.sh 100m   # also run the Python side at 100M
+#   SEGFLOW_MAX_SAMPLES=0.1 benches/compare.sh 100m     # each tree draws 10% of the training
+#                                                       # customers (both sides); README, 100M
 #
 # For each data set it prints per-stage and total wall time, peak RSS (/usr/bin/time -v) and
 # model quality (chosen k, inertia, test ROC AUC) for both, and the ratios; the table also goes
@@ -82,8 +84,13 @@ for set in "${sets[@]}"; do
         # The demo pipeline over the generated folder (paths made absolute).
         pipeline=$out/demo.yaml
         sed -e "s#\.\./data/demo#$data#" -e "s#\.\./sql/#$repo/sql/#" "$repo/pipelines/demo.yaml" > "$pipeline"
+        if [ -n "${SEGFLOW_MAX_SAMPLES:-}" ]; then
+            sed -i "s#oob_score: true }#oob_score: true, max_samples: $SEGFLOW_MAX_SAMPLES }#" "$pipeline"
+            grep -q "max_samples: $SEGFLOW_MAX_SAMPLES" "$pipeline" || { echo "compare: cannot set max_samples in $pipeline" >&2; exit 2; }
+        fi
         run_date=2025-01-01
         reference_args=(demo --data "$data")
+        [ -n "${SEGFLOW_MAX_SAMPLES:-}" ] && reference_args+=(--max-samples "$SEGFLOW_MAX_SAMPLES")
         engine_args=()
         [ "$set" = 100m ] && engine_args=(--memory-limit 2GiB)
     fi

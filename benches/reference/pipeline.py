@@ -80,6 +80,7 @@ import re
 import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,8 @@ class Pipeline:
     cv_folds: int | None
     # The output table the churn training features are written to, when the YAML has one.
     training_output: str | None = None
+    # The forest's max_samples (None: every tree draws as many rows as the training split).
+    max_samples: float | None = None
 
 
 def read_demo(data: Path) -> dict:
@@ -737,7 +740,7 @@ def churn(con, training: pl.DataFrame, to_score: pl.DataFrame, customer_segments
     def new_forest():
         return RandomForestClassifier(
             n_estimators=p.n_trees, max_features="sqrt", min_samples_leaf=p.min_samples_leaf,
-            bootstrap=True, oob_score=True, n_jobs=-1, random_state=seed,
+            bootstrap=True, max_samples=p.max_samples, oob_score=True, n_jobs=-1, random_state=seed,
         )
 
     forest = new_forest().fit(x_train, y_train)
@@ -889,8 +892,12 @@ def main():
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--run-date", type=dt.date.fromisoformat, default=dt.datetime.now(dt.timezone.utc).date())
     parser.add_argument("--run-id", default=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-reference"))
+    parser.add_argument("--max-samples", type=float, default=None,
+                        help="the forest's max_samples (share of the training rows each tree draws), as compare.sh sets it in the YAML")
     args = parser.parse_args()
     p = PIPELINES[args.pipeline]
+    if args.max_samples is not None:
+        p = dataclasses.replace(p, max_samples=args.max_samples)
     evaluation = Evaluation(args.run_id)
     stages = {}
     started = time.perf_counter()
