@@ -899,6 +899,16 @@ fn lloyd_with(
 /// Hamerly's test and 40–58% needing every distance, and over 98% of 8-row groups held such a
 /// row, so the 64 MB would be read anyway. What the kernel avoids instead is re-adding every
 /// row to the sums: only the rows that changed label move between sums.
+///
+/// On the segment stage's own data (the 10M-line demo's 237,799 customers × 6 standardised
+/// features) Hamerly's bounds do skip most rows (on average 73% of rows per iteration at
+/// k = 5, 78% at k = 15), yet a bit-identical implementation was still slower: whole fits
+/// 0.70× (k = 5) to 0.93× (k = 15) the speed of this pass, per iteration 0.5–0.9× on every
+/// size tried. This kernel scores a row in 14–28 cycles at these k and d, and the bound test
+/// alone (reading the labels and both bounds, writing the bounds) cost 0.54 ms per iteration
+/// against 0.95 ms for a whole plain iteration at k = 5: even with no row ever scored, the
+/// ceiling would be 1.75× at k = 5, and each scored row (packed, scored with the runner-up,
+/// bounds recomputed) cost about 4× a plain one.
 struct LloydState<'a> {
     data: &'a Prepared,
     kernel: Kernel,
