@@ -140,7 +140,7 @@ impl StageContext<'_> {
         std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
         let mut options = datafusion::config::TableParquetOptions::default();
         // Written once and read back at once: fast compression, no page statistics to speak of.
-        options.global.compression = Some("lz4_raw".to_string());
+        options.global.compression = Some("zstd(1)".to_string());
         let location = format!("{}/", folder.display());
         frame.write_parquet(&location, datafusion::dataframe::DataFrameWriteOptions::new(), Some(options)).await?;
         // No rows, no files: nothing to read a schema from.
