@@ -140,6 +140,9 @@ impl StageContext<'_> {
         std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
         let mut options = datafusion::config::TableParquetOptions::default();
         // Written once and read back at once: fast compression, no page statistics to speak of.
+        // LZ4 was tried (2026-11-24): on 10M lines the feature SQL stages were 0.9 s faster
+        // together, on 100M lines the clean stage 15 s slower writing it and the whole
+        // run 16 s slower, one run each; not adopted.
         options.global.compression = Some("zstd(1)".to_string());
         let location = format!("{}/", folder.display());
         frame.write_parquet(&location, datafusion::dataframe::DataFrameWriteOptions::new(), Some(options)).await?;
