@@ -76,11 +76,13 @@ pub async fn score(model_path: &Path, input: &Path, output: &Path, run_id: &str,
     // A block of customers at a time, so that only the model and one block are in memory.
     let read = for_each_feature_block(frame, &model.id_column, &numeric, &categorical, &what, churn::SCORE_BLOCK_ROWS, |block, first_row| {
         let text = text_views(&block);
-        let x = model.preparation.transform(&feature_columns(&block, &text, &features)).map_err(|e| format!("{what}: {}", e.with_row_offset(first_row)))?;
-        let scores = model.score(x.view()).map_err(|e| {
-            let message = format!("scoring input {}: {e}", input.display());
-            scoring_failed = Some(message.clone());
-            message
+        let scores = model.score_block(&feature_columns(&block, &text, &features), first_row).map_err(|e| match e {
+            churn::BlockScoreError::Values(e) => format!("{what}: {e}"),
+            churn::BlockScoreError::Model(e) => {
+                let message = format!("scoring input {}: {e}", input.display());
+                scoring_failed = Some(message.clone());
+                message
+            }
         })?;
         table.push(&block.ids, &scores, |_| "score", |_| None);
         Ok(())

@@ -45,7 +45,7 @@ mod evaluate;
 pub mod label;
 mod model;
 
-pub use model::{ChurnModel, MODEL_FILE, SCORE_BLOCK_ROWS, Score, ScoresTable, scores_schema, top_columns};
+pub use model::{BlockScoreError, ChurnModel, MODEL_FILE, SCORE_BLOCK_ROWS, Score, ScoresTable, scores_schema, top_columns};
 
 use std::sync::Arc;
 
@@ -829,7 +829,9 @@ impl Stage for ChurnStage {
                 // text and prepared took 1.7 GB beside the forest.
                 for_each_feature_block(frame, &self.id.value, &numeric, &categorical, &what, SCORE_BLOCK_ROWS, |block, first_row| {
                     let text = text_views(&block);
-                    score_rows(&model, &feature_columns(&block, &text, &kinds), &block.ids, first_row, &mut table, |_| "score", |_| None).map_err(|e| format!("{what}: {e}"))
+                    let scores = model.score_block(&feature_columns(&block, &text, &kinds), first_row).map_err(|e| format!("{what}: {e}"))?;
+                    table.push(&block.ids, &scores, |_| "score", |_| None);
+                    Ok(())
                 })
                 .await
                 .map_err(fail)?;
@@ -842,8 +844,8 @@ impl Stage for ChurnStage {
                 for start in (0..data.len()).step_by(SCORE_BLOCK_ROWS) {
                     let rows = start..(start + SCORE_BLOCK_ROWS).min(data.len());
                     let block: Vec<FeatureColumn<'_>> = columns.iter().map(|c| c.rows(rows.clone())).collect();
-                    let ids = data.ids.slice(start, rows.len());
-                    score_rows(&model, &block, &ids, start, &mut table, |r| splits[start + r], |r| Some(labels[start + r] == 1)).map_err(|e| fail(format!("feature preparation: {e}")))?;
+                    let scores = model.score_block(&block, start).map_err(|e| fail(format!("feature preparation: {e}")))?;
+                    table.push(&data.ids.slice(start, rows.len()), &scores, |r| splits[start + r], |r| Some(labels[start + r] == 1));
                 }
             }
         }
@@ -1113,13 +1115,4 @@ fn push_by_segment(evaluation: &mut EvaluationRows, batch: &RecordBatch) {
 enum ToScore<'a, T> {
     OtherTable(&'a T),
     TrainingTable(FeatureData),
-}
-
-/// Prepares one block of customers (`columns`, the table's rows `first_row..`) with the
-/// model's preparation, scores it and appends it to `table`.
-fn score_rows<'s>(model: &ChurnModel, columns: &[FeatureColumn<'_>], ids: &ArrayRef, first_row: usize, table: &mut ScoresTable, split: impl Fn(usize) -> &'s str, label: impl Fn(usize) -> Option<bool>) -> Result<(), String> {
-    let x = model.preparation.transform(columns).map_err(|e| e.with_row_offset(first_row).to_string())?;
-    let scores = model.score(x.view())?;
-    table.push(ids, &scores, split, label);
-    Ok(())
 }

@@ -91,7 +91,10 @@ pub async fn for_each_feature_block(
         .execute_stream()
         .await
         .map_err(describe)?;
-    let mut ids = IdCheck { what, id, previous_last: None, converter: None };
+    let id_type = stream.schema().field_with_name(id).map_err(|e| format!("{what}: `{id}`: {e}"))?.data_type().clone();
+    // Ids are compared in Arrow's row format, which works for any id type.
+    let converter = RowConverter::new(vec![SortField::new(id_type)]).map_err(|e| format!("{what}: `{id}`: {e}"))?;
+    let mut ids = IdCheck { what, id, previous_last: None, converter };
     let (mut pending, mut pending_rows, mut first_row) = (Vec::new(), 0usize, 0usize);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(describe)?;
@@ -118,7 +121,7 @@ struct IdCheck<'a> {
     id: &'a str,
     /// The previous block's last id, in Arrow's row format.
     previous_last: Option<OwnedRow>,
-    converter: Option<RowConverter>,
+    converter: RowConverter,
 }
 
 impl IdCheck<'_> {
@@ -130,12 +133,7 @@ impl IdCheck<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        // Compare rows in Arrow's row format, which works for any id type.
-        if self.converter.is_none() {
-            self.converter = Some(RowConverter::new(vec![SortField::new(ids.data_type().clone())]).map_err(|e| format!("{what}: `{id}`: {e}"))?);
-        }
-        let converter = self.converter.as_ref().expect("set above");
-        let rows = converter.convert_columns(&[ids.clone()]).map_err(|e| format!("{what}: `{id}`: {e}"))?;
+        let rows = self.converter.convert_columns(std::slice::from_ref(ids)).map_err(|e| format!("{what}: `{id}`: {e}"))?;
         let mut repeated = 0usize;
         let mut example = None;
         if self.previous_last.as_ref().is_some_and(|last| last.row() == rows.row(0)) {

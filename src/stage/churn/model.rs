@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use segflow_ml::forest::{Node, RandomForest, Tree};
 use segflow_ml::metrics::DECILES;
-use segflow_ml::prep::Preparation;
+use segflow_ml::prep::{FeatureColumn, PrepError, Preparation};
 
 use crate::sink::FileContent;
 
@@ -193,6 +193,14 @@ impl ChurnModel {
         Ok(())
     }
 
+    /// Prepares one block of a table's customers (`columns`, the table's rows `first_row..`)
+    /// with the model's own preparation and scores it: what the churn stage and `segflow
+    /// score` do with each block they read.
+    pub fn score_block(&self, columns: &[FeatureColumn<'_>], first_row: usize) -> Result<Vec<Score<'_>>, BlockScoreError> {
+        let x = self.preparation.transform(columns).map_err(|e| BlockScoreError::Values(e.with_row_offset(first_row)))?;
+        self.score(x.view()).map_err(BlockScoreError::Model)
+    }
+
     /// Scores prepared rows: probability, decision and explanation for each. Risk deciles rank
     /// a whole table, so [`ScoresTable`] gives them once every block is in.
     ///
@@ -346,6 +354,16 @@ fn read_trees(path: &Path) -> Result<Vec<Tree>, String> {
     // Pushing node by node leaves up to half of each tree's vectors spare.
     trees.iter_mut().for_each(Tree::shrink_to_fit);
     Ok(trees)
+}
+
+/// What stopped a block of customers from being scored: its values, which the preparation
+/// refuses (the input's fault; row numbers are the table's), or the model itself.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockScoreError {
+    #[error("{0}")]
+    Values(PrepError),
+    #[error("{0}")]
+    Model(String),
 }
 
 /// One scored customer. Borrows its feature names from the model: a name string per customer
