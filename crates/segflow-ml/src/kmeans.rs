@@ -687,9 +687,10 @@ fn update_closest(data: &Prepared, closest: &mut [f64], centre: &[f64], first: b
             for (group, closest) in lane_groups(block, d).zip(closest.chunks_mut(LANES)) {
                 let dists = group_squared_distances(group, centre);
                 for (c, &dist) in closest.iter_mut().zip(&dists) {
-                    if first || dist < *c {
-                        *c = dist;
-                    }
+                    // A select, not a branch: which rows the new centre is closer to is
+                    // unpredictable, and a mispredicted branch per row cost more than the rest
+                    // of the pass. (No NaN here: the rows are checked finite.)
+                    *c = if first { dist } else { c.min(dist) };
                     sum += *c;
                 }
             }
@@ -708,19 +709,19 @@ fn candidate_potentials(data: &Prepared, closest: &[f64], candidates: &[usize]) 
         .par_blocks()
         .zip(closest.par_chunks(ROWS_PER_BLOCK))
         .map(|(block, closest)| {
-            centres
-                .chunks_exact(d)
-                .map(|centre| {
-                    let mut sum = 0.0;
-                    for (group, closest) in lane_groups(block, d).zip(closest.chunks(LANES)) {
-                        let dists = group_squared_distances(group, centre);
-                        for (&c, &dist) in closest.iter().zip(&dists) {
-                            sum += dist.min(c);
-                        }
+            // All candidates in one pass over the block: each candidate's sum still adds the
+            // rows in order, and the candidates' sums, independent of each other, overlap
+            // (one sum alone waits on each addition).
+            let mut sums = vec![0.0; candidates.len()];
+            for (group, closest) in lane_groups(block, d).zip(closest.chunks(LANES)) {
+                for (centre, sum) in centres.chunks_exact(d).zip(&mut sums) {
+                    let dists = group_squared_distances(group, centre);
+                    for (&c, &dist) in closest.iter().zip(&dists) {
+                        *sum += dist.min(c);
                     }
-                    sum
-                })
-                .collect()
+                }
+            }
+            sums
         })
         .collect();
     let mut totals = vec![0.0; candidates.len()];
@@ -1044,7 +1045,23 @@ fn power_of_two(e: i32) -> f64 {
 /// product is exact and only the rounding to an integer loses anything).
 #[inline(always)]
 fn to_fixed(v: f64, scale: f64) -> i128 {
-    (v * scale).round_ties_even() as i64 as i128
+    round_ties_even(v * scale) as i64 as i128
+}
+
+/// `y.round_ties_even()`, bit for bit, without its libm call (x86-64 before SSE4.1 has no
+/// rounding instruction; the call was a tenth of the segment stage): below 2^52 in magnitude,
+/// adding 2^52 leaves no fraction bits, so the addition itself rounds to an integer, ties to
+/// even (the default rounding mode), and subtracting 2^52 again is exact. From 2^52 up every
+/// f64 is an integer already; NaN and infinities go through unchanged.
+#[inline(always)]
+fn round_ties_even(y: f64) -> f64 {
+    const TWO_TO_52: f64 = 4_503_599_627_370_496.0;
+    let magnitude = y.abs();
+    if magnitude < TWO_TO_52 {
+        ((magnitude + TWO_TO_52) - TWO_TO_52).copysign(y)
+    } else {
+        y
+    }
 }
 
 /// Per cluster, the sum and count of the rows labelled with it. The sums are exact: every
@@ -1325,6 +1342,90 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// For each row of `tile` (a tile of [`SilhouetteTiles`]), the sum of its Euclidean
+    /// distances to the rows of `others` (row-major), added in row order: per row exactly
+    /// `Σ_j squared_distance(row, other_j).sqrt()` of the scalar formulation, bit for bit.
+    fn tile_distance_sums(
+        self,
+        tile: &[SilhouetteLane],
+        others: &[f64],
+        d: usize,
+    ) -> [SilhouetteLane; SILHOUETTE_GROUPS] {
+        match self {
+            Kernel::Portable => tile_distance_sums_portable(tile, others, d),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: this variant is only chosen after `is_x86_feature_detected!("avx2")`.
+            Kernel::Avx2 => unsafe { tile_distance_sums_avx2(tile, others, d) },
+        }
+    }
+}
+
+fn tile_distance_sums_portable(
+    tile: &[SilhouetteLane],
+    others: &[f64],
+    d: usize,
+) -> [SilhouetteLane; SILHOUETTE_GROUPS] {
+    let mut sums = [[0.0; SILHOUETTE_LANES]; SILHOUETTE_GROUPS];
+    for other in others.chunks_exact(d) {
+        for (group, sums) in tile.chunks_exact(d).zip(&mut sums) {
+            let squared = squared_distances_in_lanes(group, other);
+            for (sum, squared) in sums.iter_mut().zip(squared) {
+                *sum += squared.sqrt();
+            }
+        }
+    }
+    sums
+}
+
+/// Lane for lane the operations of [`squared_distance`], in the same order.
+#[inline(always)]
+fn squared_distances_in_lanes(group: &[SilhouetteLane], other: &[f64]) -> SilhouetteLane {
+    let mut sums = [0.0; SILHOUETTE_LANES];
+    for (feature, &o) in group.iter().zip(other) {
+        for r in 0..SILHOUETTE_LANES {
+            let diff = feature[r] - o;
+            sums[r] += diff * diff;
+        }
+    }
+    sums
+}
+
+/// [`tile_distance_sums_portable`] in AVX2 intrinsics: the same operations lane for lane
+/// (subtract, multiply, add, no FMA; `sqrt` is correctly rounded in both), so bit-identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn tile_distance_sums_avx2(
+    tile: &[SilhouetteLane],
+    others: &[f64],
+    d: usize,
+) -> [SilhouetteLane; SILHOUETTE_GROUPS] {
+    use std::arch::x86_64::*;
+    assert_eq!(tile.len(), SILHOUETTE_GROUPS * d);
+    let mut totals = [_mm256_setzero_pd(); SILHOUETTE_GROUPS];
+    for other in others.chunks_exact(d) {
+        let mut squared = [_mm256_setzero_pd(); SILHOUETTE_GROUPS];
+        for (f, &o) in other.iter().enumerate() {
+            let o = _mm256_set1_pd(o);
+            for (g, squared) in squared.iter_mut().enumerate() {
+                // SAFETY: `tile` holds SILHOUETTE_GROUPS · d lanes (asserted), each four f64.
+                let values = unsafe { _mm256_loadu_pd(tile.get_unchecked(g * d + f).as_ptr()) };
+                let diff = _mm256_sub_pd(values, o);
+                *squared = _mm256_add_pd(*squared, _mm256_mul_pd(diff, diff));
+            }
+        }
+        for (total, squared) in totals.iter_mut().zip(squared) {
+            *total = _mm256_add_pd(*total, _mm256_sqrt_pd(squared));
+        }
+    }
+    let mut sums = [[0.0; SILHOUETTE_LANES]; SILHOUETTE_GROUPS];
+    for (sums, total) in sums.iter_mut().zip(totals) {
+        // SAFETY: `sums` is four f64, the 32 bytes stored.
+        unsafe { _mm256_storeu_pd(sums.as_mut_ptr(), total) };
+    }
+    sums
+}
+
 fn assign_block_portable<const TRACK: bool>(
     block: &[f64],
     d: usize,
@@ -1400,38 +1501,32 @@ fn assign_block_avx2<const TRACK: bool>(
     let (values, _) = centroids.quads.as_chunks::<CENTROIDS_AT_ONCE>();
     let (half_norms, _) = centroids.half_norms.as_chunks::<CENTROIDS_AT_ONCE>();
     let (indices, _) = centroids.indices.as_chunks::<CENTROIDS_AT_ONCE>();
+    // The last four is scored only as far as it holds centroids: its padding never wins, and
+    // at k = 5 scoring it whole would be the work of k = 8.
+    let full_quads = centroids.k / CENTROIDS_AT_ONCE;
+    let live_in_last = centroids.k % CENTROIDS_AT_ONCE;
     let mut changed = 0;
     for (group, labels) in lane_groups(block, d).zip(labels.chunks_mut(LANES)) {
-        let mut best_score = [_mm256_set1_pd(f64::INFINITY); 2];
-        let mut best_index = [_mm256_setzero_pd(); 2];
-        for ((quad, halves), quad_indices) in values.chunks_exact(d).zip(half_norms).zip(indices) {
-            // dots[2c + h]: rows 4h..4h+4 against centroid 4q + c.
-            let mut dots = [_mm256_setzero_pd(); 2 * CENTROIDS_AT_ONCE];
-            for (feature, centre_values) in group.iter().zip(quad) {
-                // SAFETY: `feature` is a [f64; 8]: both unaligned loads of four stay inside it.
-                let (low, high) = unsafe {
-                    (
-                        _mm256_loadu_pd(feature.as_ptr()),
-                        _mm256_loadu_pd(feature.as_ptr().add(4)),
-                    )
-                };
-                for c in 0..CENTROIDS_AT_ONCE {
-                    let value = _mm256_set1_pd(centre_values[c]);
-                    dots[2 * c] = _mm256_add_pd(dots[2 * c], _mm256_mul_pd(low, value));
-                    dots[2 * c + 1] = _mm256_add_pd(dots[2 * c + 1], _mm256_mul_pd(high, value));
-                }
-            }
-            for c in 0..CENTROIDS_AT_ONCE {
-                let half = _mm256_set1_pd(halves[c]);
-                let index = _mm256_set1_pd(quad_indices[c]);
-                for h in 0..2 {
-                    let score = _mm256_sub_pd(half, dots[2 * c + h]);
-                    let better = _mm256_cmp_pd::<_CMP_LT_OQ>(score, best_score[h]);
-                    best_score[h] = _mm256_blendv_pd(best_score[h], score, better);
-                    best_index[h] = _mm256_blendv_pd(best_index[h], index, better);
-                }
+        let mut best = Best {
+            score: [_mm256_set1_pd(f64::INFINITY); 2],
+            index: [_mm256_setzero_pd(); 2],
+        };
+        let quads = values.chunks_exact(d).zip(half_norms).zip(indices);
+        for ((quad, halves), quad_indices) in quads.clone().take(full_quads) {
+            keep_nearest_of_quad::<CENTROIDS_AT_ONCE>(&mut best, group, quad, halves, quad_indices);
+        }
+        if let Some(((quad, halves), quad_indices)) = quads.clone().nth(full_quads) {
+            match live_in_last {
+                0 => {}
+                1 => keep_nearest_of_quad::<1>(&mut best, group, quad, halves, quad_indices),
+                2 => keep_nearest_of_quad::<2>(&mut best, group, quad, halves, quad_indices),
+                _ => keep_nearest_of_quad::<3>(&mut best, group, quad, halves, quad_indices),
             }
         }
+        let Best {
+            score: _,
+            index: best_index,
+        } = best;
         // The indices are small integers held exactly: the conversion is exact.
         let nearest = _mm256_set_m128i(
             _mm256_cvtpd_epi32(best_index[1]),
@@ -1475,6 +1570,55 @@ fn assign_block_avx2<const TRACK: bool>(
     changed
 }
 
+/// The best score so far and its centroid's index, per half of a group of rows (rows 0..4 and
+/// 4..8), in the AVX2 kernel.
+#[cfg(target_arch = "x86_64")]
+struct Best {
+    score: [std::arch::x86_64::__m256d; 2],
+    index: [std::arch::x86_64::__m256d; 2],
+}
+
+/// Scores a group of rows against the first `LIVE` centroids of a four of the kernel's
+/// layout and keeps, per row, the better of its best so far and these.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn keep_nearest_of_quad<const LIVE: usize>(
+    best: &mut Best,
+    group: &LaneGroup,
+    quad: &[[f64; CENTROIDS_AT_ONCE]],
+    halves: &[f64; CENTROIDS_AT_ONCE],
+    quad_indices: &[f64; CENTROIDS_AT_ONCE],
+) {
+    use std::arch::x86_64::*;
+    // dots[2c + h]: rows 4h..4h+4 against centroid 4q + c.
+    let mut dots = [_mm256_setzero_pd(); 2 * CENTROIDS_AT_ONCE];
+    for (feature, centre_values) in group.iter().zip(quad) {
+        // SAFETY: `feature` is a [f64; 8]: both unaligned loads of four stay inside it.
+        let (low, high) = unsafe {
+            (
+                _mm256_loadu_pd(feature.as_ptr()),
+                _mm256_loadu_pd(feature.as_ptr().add(4)),
+            )
+        };
+        for c in 0..LIVE {
+            let value = _mm256_set1_pd(centre_values[c]);
+            dots[2 * c] = _mm256_add_pd(dots[2 * c], _mm256_mul_pd(low, value));
+            dots[2 * c + 1] = _mm256_add_pd(dots[2 * c + 1], _mm256_mul_pd(high, value));
+        }
+    }
+    for c in 0..LIVE {
+        let half = _mm256_set1_pd(halves[c]);
+        let index = _mm256_set1_pd(quad_indices[c]);
+        for h in 0..2 {
+            let score = _mm256_sub_pd(half, dots[2 * c + h]);
+            let better = _mm256_cmp_pd::<_CMP_LT_OQ>(score, best.score[h]);
+            best.score[h] = _mm256_blendv_pd(best.score[h], score, better);
+            best.index[h] = _mm256_blendv_pd(best.index[h], index, better);
+        }
+    }
+}
+
 /// Centroids scored together in [`nearest_in_group`].
 const CENTROIDS_AT_ONCE: usize = 4;
 
@@ -1483,6 +1627,7 @@ const CENTROIDS_AT_ONCE: usize = 4;
 /// `quads[(q·d + f)·4 + c]` is feature `f` of centroid `4q + c`; `half_norms` is `½‖c‖²` and
 /// `indices` the centroid's index as an f64 (what the kernel's selects carry).
 struct KernelCentroids {
+    k: usize,
     quads: Vec<f64>,
     half_norms: Vec<f64>,
     indices: Vec<f64>,
@@ -1503,6 +1648,7 @@ impl KernelCentroids {
         }
         let indices = (0..padded).map(|j| j as f64).collect();
         Self {
+            k,
             quads,
             half_norms,
             indices,
@@ -1576,6 +1722,15 @@ pub fn silhouette_score(
 }
 
 fn exact_silhouette(rows: &[f64], d: usize, labels: &[usize]) -> Result<f64, KMeansError> {
+    exact_silhouette_with(rows, d, labels, Kernel::detect())
+}
+
+fn exact_silhouette_with(
+    rows: &[f64],
+    d: usize,
+    labels: &[usize],
+    kernel: Kernel,
+) -> Result<f64, KMeansError> {
     let n = labels.len();
     // Clusters renumbered 0..c in increasing label order, as scikit-learn's LabelEncoder.
     let mut distinct: Vec<usize> = labels.to_vec();
@@ -1596,18 +1751,35 @@ fn exact_silhouette(rows: &[f64], d: usize, labels: &[usize]) -> Result<f64, KMe
     for &c in &dense {
         sizes[c] += 1;
     }
+    // The rows again, grouped by cluster and in row order inside a cluster, so that a sum of
+    // distances to one cluster's rows runs over one contiguous slice and adds the distances in
+    // row order.
+    let mut by_cluster: Vec<usize> = (0..n).collect();
+    by_cluster.sort_by_key(|&i| dense[i]);
+    let others = gather_rows(rows, d, &by_cluster);
+    let mut cluster_starts = vec![0usize; n_clusters + 1];
+    for (c, &size) in sizes.iter().enumerate() {
+        cluster_starts[c + 1] = cluster_starts[c] + size;
+    }
     let block_sums: Vec<f64> = rows
         .par_chunks(SILHOUETTE_ROWS_PER_BLOCK * d)
         .zip(dense.par_chunks(SILHOUETTE_ROWS_PER_BLOCK))
         .map(|(block, block_labels)| {
             let m = block_labels.len();
+            let tiles = SilhouetteTiles::new(block, d);
             // distance_sums[i·c + cluster]: Σ distances from block row i to that cluster's
-            // rows, summed over all rows in row order (so independent of threads).
+            // rows, summed in row order (so independent of threads and blocks).
             let mut distance_sums = vec![0.0; m * n_clusters];
-            for (other, &other_cluster) in rows.chunks_exact(d).zip(&dense) {
-                for (i, row) in block.chunks_exact(d).enumerate() {
-                    distance_sums[i * n_clusters + other_cluster] +=
-                        squared_distance(row, other).sqrt();
+            for (t, tile) in tiles.tiles().enumerate() {
+                for (cluster, bounds) in cluster_starts.windows(2).enumerate() {
+                    let cluster_rows = &others[bounds[0] * d..bounds[1] * d];
+                    let sums = kernel.tile_distance_sums(tile, cluster_rows, d);
+                    for (r, &sum) in sums.as_flattened().iter().enumerate() {
+                        let i = t * SILHOUETTE_TILE_ROWS + r;
+                        if i < m {
+                            distance_sums[i * n_clusters + cluster] = sum;
+                        }
+                    }
                 }
             }
             let mut sum = 0.0;
@@ -1622,6 +1794,48 @@ fn exact_silhouette(rows: &[f64], d: usize, labels: &[usize]) -> Result<f64, KMe
         })
         .collect();
     Ok(block_sums.iter().sum::<f64>() / n as f64)
+}
+
+/// Rows of a silhouette block held in one SIMD register (AVX2: four f64).
+const SILHOUETTE_LANES: usize = 4;
+
+/// Groups of [`SILHOUETTE_LANES`] rows compared with each other row together: four
+/// independent running sums hide the latency of each (an addition waits for the previous one
+/// of its row, and a square root takes about 20 cycles).
+const SILHOUETTE_GROUPS: usize = 4;
+
+/// Rows of a block compared with each other row at once.
+const SILHOUETTE_TILE_ROWS: usize = SILHOUETTE_LANES * SILHOUETTE_GROUPS;
+
+/// A lane group's value of one feature.
+type SilhouetteLane = [f64; SILHOUETTE_LANES];
+
+/// The rows of a silhouette block laid out for [`Kernel::tile_distance_sums`]: tiles of
+/// [`SILHOUETTE_TILE_ROWS`] rows, group-major then feature-major inside a tile
+/// (`lanes[(t·G + g)·d + f][r]` is feature `f` of row `t·TILE + g·LANES + r`), the last tile
+/// padded with zero rows whose sums are never read.
+struct SilhouetteTiles {
+    lanes: Vec<SilhouetteLane>,
+    d: usize,
+}
+
+impl SilhouetteTiles {
+    fn new(block: &[f64], d: usize) -> Self {
+        let m = block.len() / d;
+        let groups = m.div_ceil(SILHOUETTE_TILE_ROWS) * SILHOUETTE_GROUPS;
+        let mut lanes = vec![[0.0; SILHOUETTE_LANES]; groups * d];
+        for (i, row) in block.chunks_exact(d).enumerate() {
+            let (g, r) = (i / SILHOUETTE_LANES, i % SILHOUETTE_LANES);
+            for (f, &v) in row.iter().enumerate() {
+                lanes[g * d + f][r] = v;
+            }
+        }
+        Self { lanes, d }
+    }
+
+    fn tiles(&self) -> std::slice::ChunksExact<'_, SilhouetteLane> {
+        self.lanes.chunks_exact(SILHOUETTE_GROUPS * self.d)
+    }
 }
 
 /// s = (b − a) / max(a, b): a is the mean distance to the other rows of the own cluster, b the
@@ -1975,41 +2189,44 @@ mod tests {
             2,
         );
         let data = Prepared::new(x.view())?;
-        // k = 7 is not a multiple of four: the padding centroids are exercised too.
-        let centroids = data.gather(&[0, 5, 10, 33, 70, 300, 1_000]);
-        let kernel_centroids = KernelCentroids::new(&centroids, data.n_features);
-        let mut portable = vec![0u32; data.n_rows];
-        assign_all(
-            &data,
-            &kernel_centroids,
-            Kernel::Portable,
-            &mut portable,
-            None,
-        );
-        let mut detected = vec![0u32; data.n_rows];
-        assign_all(
-            &data,
-            &kernel_centroids,
-            Kernel::detect(),
-            &mut detected,
-            None,
-        );
-        assert_eq!(portable, detected);
-        // And both agree with a plain nearest-centroid search on exact distances.
-        for (i, &label) in portable.iter().enumerate() {
-            let row = data.row(i);
-            let exact: Vec<f64> = centroids
-                .chunks_exact(3)
-                .map(|c| squared_distance(&row, c))
-                .collect();
-            let nearest = exact
-                .iter()
-                .enumerate()
-                .fold(0, |best, (j, &v)| if v < exact[best] { j } else { best });
-            assert!(
-                (exact[label as usize] - exact[nearest]).abs() <= 1e-12,
-                "row {i}"
+        // k from 1 to 9: full fours of centroids, and a last four holding one, two or three.
+        let centre_rows = [0, 5, 10, 33, 70, 300, 1_000, 1_500, 2_000];
+        for k in 1..=centre_rows.len() {
+            let centroids = data.gather(&centre_rows[..k]);
+            let kernel_centroids = KernelCentroids::new(&centroids, data.n_features);
+            let mut portable = vec![0u32; data.n_rows];
+            assign_all(
+                &data,
+                &kernel_centroids,
+                Kernel::Portable,
+                &mut portable,
+                None,
             );
+            let mut detected = vec![0u32; data.n_rows];
+            assign_all(
+                &data,
+                &kernel_centroids,
+                Kernel::detect(),
+                &mut detected,
+                None,
+            );
+            assert_eq!(portable, detected, "k = {k}");
+            // And both agree with a plain nearest-centroid search on exact distances.
+            for (i, &label) in portable.iter().enumerate() {
+                let row = data.row(i);
+                let exact: Vec<f64> = centroids
+                    .chunks_exact(3)
+                    .map(|c| squared_distance(&row, c))
+                    .collect();
+                let nearest = exact
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (j, &v)| if v < exact[best] { j } else { best });
+                assert!(
+                    (exact[label as usize] - exact[nearest]).abs() <= 1e-12,
+                    "k = {k}, row {i}"
+                );
+            }
         }
         Ok(())
     }
@@ -2480,6 +2697,113 @@ mod tests {
         let expected = (0.9 + 8.0 / 9.0 + 0.0) / 3.0;
         let got = silhouette_score(x.view(), &[7, 7, 3], 100, 0)?;
         assert!((got - expected).abs() < 1e-15, "{got} vs {expected}");
+        Ok(())
+    }
+
+    #[test]
+    fn rounding_to_the_fixed_point_grid_is_the_standard_library_s_round_ties_even() {
+        let two_52 = 4_503_599_627_370_496.0_f64;
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999999999999994,
+            1e-300,
+            -1e-300,
+            two_52 - 0.5,
+            two_52 - 1.5,
+            -(two_52 - 0.5),
+            two_52,
+            two_52 + 1.0,
+            2.0 * two_52 + 2.0,
+            1e18,
+            -1e18,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        values.extend(
+            (0..10_000).map(|_| (rng.random::<f64>() - 0.5) * 2f64.powi(rng.random_range(-60..64))),
+        );
+        values.extend((0..1_000).map(|i| f64::from(i) * 0.5 - 250.0));
+        for v in values {
+            let (ours, std) = (round_ties_even(v), v.round_ties_even());
+            assert!(
+                ours.to_bits() == std.to_bits() || (ours.is_nan() && std.is_nan()),
+                "{v:e}: {ours:e} vs {std:e}"
+            );
+        }
+    }
+
+    /// The silhouette as first written here: for each row, its distances to every row in row
+    /// order, each added to the sum for that row's cluster; per-row silhouettes added per block
+    /// of [`SILHOUETTE_ROWS_PER_BLOCK`] rows, the blocks in order.
+    fn row_by_row_silhouette(rows: &[f64], d: usize, dense: &[usize], n_clusters: usize) -> f64 {
+        let mut sizes = vec![0usize; n_clusters];
+        dense.iter().for_each(|&c| sizes[c] += 1);
+        let mut total = 0.0;
+        for (block, block_labels) in rows
+            .chunks(SILHOUETTE_ROWS_PER_BLOCK * d)
+            .zip(dense.chunks(SILHOUETTE_ROWS_PER_BLOCK))
+        {
+            let mut block_sum = 0.0;
+            for (row, &own) in block.chunks_exact(d).zip(block_labels) {
+                let mut distance_sums = vec![0.0; n_clusters];
+                for (other, &cluster) in rows.chunks_exact(d).zip(dense) {
+                    distance_sums[cluster] += squared_distance(row, other).sqrt();
+                }
+                block_sum += row_silhouette(&distance_sums, own, &sizes);
+            }
+            total += block_sum;
+        }
+        total / dense.len() as f64
+    }
+
+    #[test]
+    fn the_tiled_silhouette_kernels_add_the_same_distances_in_the_same_order_as_row_by_row()
+    -> TestResult {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // Row counts that leave a short last block and a short last tile; features from 1 to
+        // more than a tile holds; clusters of very different sizes, some of them one row.
+        for (n, d, n_clusters) in [
+            (3, 1, 2),
+            (61, 3, 4),
+            (200, 6, 5),
+            (333, 11, 7),
+            (97, 2, 30),
+        ] {
+            let rows: Vec<f64> = (0..n * d)
+                .map(|_| rng.random::<f64>() * 100.0 - 50.0)
+                .collect();
+            let mut dense: Vec<usize> = (0..n)
+                .map(|_| {
+                    rng.random_range(0..n_clusters)
+                        .min(rng.random_range(0..n_clusters))
+                })
+                .collect();
+            // Every cluster present, as `exact_silhouette` numbers them.
+            dense[..n_clusters.min(n)]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(c, l)| *l = c);
+            let expected = row_by_row_silhouette(&rows, d, &dense, n_clusters);
+            for kernel in [Kernel::Portable, Kernel::detect()] {
+                let got = exact_silhouette_with(&rows, d, &dense, kernel)?;
+                assert_eq!(
+                    got.to_bits(),
+                    expected.to_bits(),
+                    "n={n} d={d} clusters={n_clusters} {kernel:?}: {got} vs {expected}"
+                );
+            }
+        }
         Ok(())
     }
 
