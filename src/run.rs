@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use futures::StreamExt;
+
 use datafusion::logical_expr::SortExpr;
 use datafusion::prelude::{DataFrame, SessionContext, ident};
 use serde::Serialize;
@@ -328,9 +330,8 @@ async fn execute_stages(
             ],
         });
     }
-    let mut staged = Vec::new();
+    let mut writes = Vec::new();
     for output in &plan.outputs {
-        let started = Instant::now();
         let frame = sorted_output(&session, output).await?;
         let target = TableTarget {
             root: plan.output_root.clone(),
@@ -343,19 +344,54 @@ async fn execute_stages(
             run_date: run_date.to_string(),
             schema_version: output.schema_version,
         };
-        let table = match sink::stage(target, frame).await {
+        writes.push((output, target, frame));
+    }
+    // Tables are written side by side: the engine sorts a table's rows on every thread, but
+    // its Parquet encoding runs on one, so a table at a time left a core idle for most of
+    // this phase. Each write is a task of its own (what lets two encode at once), and every
+    // one is awaited, so nothing is still writing when this returns; results are taken in
+    // output order, so the error reported is the same whichever write ends first.
+    let mut written = futures::stream::iter(writes.into_iter().map(|(output, target, frame)| async move {
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            (sink::stage(target, frame).await, started.elapsed())
+        });
+        (output, task.await)
+    }))
+    .buffered(TABLES_WRITTEN_AT_ONCE);
+    let mut staged = Vec::new();
+    let mut first_error = None;
+    while let Some((output, joined)) = written.next().await {
+        if first_error.is_some() {
+            continue;
+        }
+        let (table, elapsed) = match joined {
+            Ok(result) => result,
+            Err(e) => {
+                first_error = Some(RunError::Engine(format!("writing table `{}`: {e}", output.table)));
+                continue;
+            }
+        };
+        let table = match table {
             Ok(table) => table,
             // A query that fails while its rows are computed is its stage's failure (a lazy
             // stage computes nothing until a table is written), and what reads it is skipped.
             Err(sink::SinkError::Compute { table, message }) => {
                 let stage = plan.producer(&output.from).map_or_else(|| output.from.clone(), |s| s.name.clone());
                 mark_failed(plan, summaries, &stage);
-                return Err(RunError::Stage { stage, message: format!("while computing table `{table}`: {message}") });
+                first_error = Some(RunError::Stage { stage, message: format!("while computing table `{table}`: {message}") });
+                continue;
             }
-            Err(other) => return Err(RunError::Sink(other)),
+            Err(other) => {
+                first_error = Some(RunError::Sink(other));
+                continue;
+            }
         };
-        tracing::info!(table = %output.table, rows = table.manifest.rows, seconds = round_ms(started.elapsed().as_secs_f64()), "table written to staging");
+        tracing::info!(table = %output.table, rows = table.manifest.rows, seconds = round_ms(elapsed.as_secs_f64()), "table written to staging");
         staged.push(table);
+    }
+    if let Some(error) = first_error {
+        return Err(error);
     }
     // Saved models and reports last: committed with the tables, listed apart from them.
     for artifact in artifacts {
@@ -371,6 +407,10 @@ async fn execute_stages(
     }
     Ok(staged)
 }
+
+/// Output tables written at once (see where they are written). Two: the machines this runs on
+/// have two cores or more, and each write holds a sorted table's batches in memory.
+const TABLES_WRITTEN_AT_ONCE: usize = 2;
 
 /// `failed` for `stage`, `skipped` for every stage that reads it, directly or not.
 fn mark_failed(plan: &Plan, summaries: &mut [StageSummary], stage: &str) {

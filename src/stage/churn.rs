@@ -782,8 +782,10 @@ impl Stage for ChurnStage {
             evaluation.push(FOREST, "oob", "roc_auc", Keys::default(), metrics::roc_auc(&y, &p).ok());
             evaluation.push(FOREST, "oob", "customers", Keys::default(), Some(y.len() as f64));
         }
+        phases.done("evaluation: both models on both splits");
         if let Some(folds) = self.cv_folds {
             self.cross_validate(&mut evaluation, x_train.view(), &y_train, folds, ctx.seed, &fit_forest).map_err(fail)?;
+            phases.done("evaluation: cross-validation");
         }
         evaluate::importances(&mut evaluation, FOREST, "train", "impurity_importance", &prepared_names, &forest.feature_importances, None);
         if !split.test.is_empty() {
@@ -795,7 +797,7 @@ impl Stage for ChurnStage {
             evaluate::importances(&mut evaluation, FOREST, "test", "permutation_importance", &feature_names, &means, Some(&stds));
         }
 
-        phases.done("evaluation");
+        phases.done("evaluation: permutation importance");
         // The prepared training and test rows are not needed again (a training table that is
         // also scored is prepared anew), and the scored table's rows are about to be prepared.
         drop((x_train, x_test));
