@@ -14,6 +14,8 @@ pub mod sql;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -123,10 +125,16 @@ impl StageContext<'_> {
         self.read_back(&scratch_name, &schema).await
     }
 
-    /// Rows a stage reads more than once, computed once: streamed to Parquet in the run's
-    /// scratch folder and read back from there, so memory does not grow with the data (a
-    /// `cache()` would hold every row) and the input is not read and classified again by each
-    /// reader. Row order is not kept; no reader depends on it.
+    /// Rows a stage reads more than once, computed once, so the input is not read and
+    /// classified again by each reader. Held in memory while they take at most
+    /// 1/[`IN_MEMORY_SHARE`] of the engine's memory limit; beyond that, every row goes to
+    /// Parquet in the run's scratch folder and is read back from there, so memory does not grow
+    /// with the data (a `cache()` would hold every row). Row order is not kept; no reader
+    /// depends on it.
+    ///
+    /// In memory, 10M transaction lines (710 MiB as Arrow) saved the two SQL stages that read
+    /// them and the clean stage that wrote them 3.5–4.9 s of 38 (2026-11-24, two pairs); the
+    /// rows are the same either way.
     pub async fn materialize(&self, name: &str, frame: DataFrame) -> Result<DataFrame, StageFailure> {
         let Some(scratch) = self.scratch else {
             return Ok(frame.cache().await?);
@@ -138,14 +146,55 @@ impl StageContext<'_> {
             std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
         }
         std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
-        let mut options = datafusion::config::TableParquetOptions::default();
-        // Written once and read back at once: fast compression, no page statistics to speak of.
-        // LZ4 was tried (2026-11-24): on 10M lines the feature SQL stages were 0.9 s faster
-        // together, on 100M lines the clean stage 15 s slower writing it and the whole
-        // run 16 s slower, one run each; not adopted.
-        options.global.compression = Some("zstd(1)".to_string());
-        let location = format!("{}/", folder.display());
-        frame.write_parquet(&location, datafusion::dataframe::DataFrameWriteOptions::new(), Some(options)).await?;
+        // A distributed engine's executors cannot read this process's memory.
+        let budget = if self.distributed {
+            0
+        } else {
+            match self.session.runtime_env().memory_pool.memory_limit() {
+                datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => limit / IN_MEMORY_SHARE,
+                _ => 0,
+            }
+        };
+        let shared = Arc::new(Materializing { budget, held_bytes: AtomicUsize::new(0), overflowed: AtomicBool::new(false) });
+        // A task per partition: each holds or writes its own rows, so the Parquet encoding of
+        // an overflowing table runs on every thread.
+        let tasks: Vec<_> = frame
+            .execute_stream_partitioned()
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(partition, stream)| tokio::spawn(materialize_partition(stream, folder.join(format!("part-{partition:05}.parquet")), shared.clone())))
+            .collect();
+        let mut partitions = Vec::with_capacity(tasks.len());
+        let mut first_error = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(partition)) => partitions.push(partition),
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => first_error = first_error.or(Some(e.to_string())),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(fail(e));
+        }
+        let held_mib = shared.held_bytes.load(Ordering::SeqCst) as f64 / MIB;
+        if !shared.overflowed.load(Ordering::SeqCst) {
+            tracing::debug!(stage = self.stage_name, result = name, held_mib, "rows read more than once held in memory");
+            std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
+            let held = partitions.into_iter().map(|p| p.held).collect();
+            let table = datafusion::datasource::MemTable::try_new(schema, held)?;
+            return Ok(self.session.read_table(Arc::new(table))?);
+        }
+        tracing::debug!(stage = self.stage_name, result = name, budget_mib = budget as f64 / MIB, "rows read more than once written to the scratch folder: more than the memory budget");
+        // Partitions that ended before another overflowed still hold their rows.
+        for (partition, held) in partitions.into_iter().enumerate().filter(|(_, p)| !p.held.is_empty()) {
+            let path = folder.join(format!("part-{partition:05}.parquet"));
+            let mut writer = scratch_writer(&path, held.held[0].schema()).map_err(fail)?;
+            for batch in &held.held {
+                writer.write(batch).map_err(|e| fail(e.to_string()))?;
+            }
+            writer.close().map_err(|e| fail(e.to_string()))?;
+        }
         // No rows, no files: nothing to read a schema from.
         let written = std::fs::read_dir(&folder).map_err(|e| fail(e.to_string()))?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "parquet"));
         if !written {
@@ -166,6 +215,84 @@ impl StageContext<'_> {
             .collect();
         Ok(self.session.table(table).await?.select(columns)?)
     }
+}
+
+/// [`StageContext::materialize`] holds rows in memory up to this share of the engine's memory
+/// limit: a quarter of the default limit (half of physical memory) is 1/8 of the machine, and
+/// under `--memory-limit 2GiB` (100M lines) 256 MiB, which sends those rows to scratch.
+const IN_MEMORY_SHARE: usize = 8;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What the partitions of one [`StageContext::materialize`] share.
+struct Materializing {
+    budget: usize,
+    held_bytes: AtomicUsize,
+    /// Set once the rows held exceed the budget: from then on every partition writes.
+    overflowed: AtomicBool,
+}
+
+/// The rows a partition still holds when it ends: all of them when nothing overflowed, none
+/// once it wrote its file.
+struct HeldPartition {
+    held: Vec<RecordBatch>,
+}
+
+async fn materialize_partition(mut stream: datafusion::physical_plan::SendableRecordBatchStream, path: PathBuf, shared: Arc<Materializing>) -> Result<HeldPartition, String> {
+    use futures::StreamExt;
+    let mut held = Vec::new();
+    let mut seen_buffers = std::collections::HashSet::new();
+    let mut writer = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| crate::engine::describe_datafusion_error(&e))?;
+        if writer.is_none() {
+            let bytes = new_buffer_bytes(&batch, &mut seen_buffers);
+            let total = shared.held_bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+            if total <= shared.budget && !shared.overflowed.load(Ordering::SeqCst) {
+                held.push(batch);
+                continue;
+            }
+            shared.overflowed.store(true, Ordering::SeqCst);
+            let mut file = scratch_writer(&path, batch.schema())?;
+            for earlier in held.drain(..) {
+                file.write(&earlier).map_err(|e| e.to_string())?;
+            }
+            writer = Some(file);
+        }
+        if let Some(file) = writer.as_mut() {
+            file.write(&batch).map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(file) = writer {
+        file.close().map_err(|e| e.to_string())?;
+    }
+    Ok(HeldPartition { held })
+}
+
+/// The bytes of the buffers of `batch` not counted before (`seen` holds their addresses).
+/// Batches share buffers — the text of a string-view column lives in blocks many batches point
+/// into — so `get_array_memory_size` per batch counted the same blocks again and again.
+fn new_buffer_bytes(batch: &RecordBatch, seen: &mut std::collections::HashSet<usize>) -> usize {
+    fn of(data: &datafusion::arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>) -> usize {
+        let mut bytes = 0;
+        for buffer in data.buffers().iter().chain(data.nulls().map(|n| n.buffer())) {
+            if seen.insert(buffer.data_ptr().as_ptr() as usize) {
+                bytes += buffer.capacity();
+            }
+        }
+        bytes + data.child_data().iter().map(|child| of(child, seen)).sum::<usize>()
+    }
+    batch.columns().iter().map(|column| of(&column.to_data(), seen)).sum()
+}
+
+/// A Parquet writer for rows written once and read back at once: fast compression. (LZ4 was
+/// tried, 2026-11-24: on 10M lines the feature SQL stages were 0.9 s faster together, on 100M
+/// lines the clean stage 15 s slower writing it and the whole run 16 s slower, one run each.)
+fn scratch_writer(path: &Path, schema: SchemaRef) -> Result<parquet::arrow::ArrowWriter<std::fs::File>, String> {
+    use parquet::basic::{Compression, ZstdLevel};
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let properties = parquet::file::properties::WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| e.to_string())?)).build();
+    parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).map_err(|e| e.to_string())
 }
 
 /// Time spent in each phase of a stage, logged at debug level (`segflow run -v`): where a

@@ -12,18 +12,24 @@ use crate::util::{files_under, query};
 
 #[test]
 fn one_thread_and_all_threads_write_byte_identical_tables_models_and_reports() {
-    let sandbox = crate::churn::demo_sandbox(400);
-    for (root, threads) in [("one", "1"), ("all", "4")] {
-        let ran = crate::util::segflow_in(sandbox.root(), &["run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--run-id", "same", "--threads", threads, "--output-root", root]);
+    let sandbox = crate::churn::demo_sandbox(4_000);
+    // The third run's memory limit is too small to hold the cleaned lines (which two SQL
+    // stages read) in memory: they go through the scratch folder instead, with the same result.
+    for (root, threads, memory_limit) in [("one", "1", "4GiB"), ("all", "4", "4GiB"), ("scratch", "4", "96MiB")] {
+        let ran = crate::util::segflow_in(sandbox.root(), &["-v", "run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--run-id", "same", "--threads", threads, "--output-root", root, "--memory-limit", memory_limit]);
         assert_eq!(ran.code, 0, "{}", ran.stderr);
+        let path = if root == "scratch" { "written to the scratch folder" } else { "held in memory" };
+        assert!(ran.stderr.contains(&format!("rows read more than once {path}")), "{root}: {}", ran.stderr);
     }
     // Everything a reader or reviewer sees; the run record holds timings.
     let files: Vec<String> = files_under(&sandbox.path("one")).into_iter().filter(|f| !f.starts_with("_segflow")).collect();
-    assert_eq!(files, files_under(&sandbox.path("all")).into_iter().filter(|f| !f.starts_with("_segflow")).collect::<Vec<_>>());
     assert!(files.len() > 40, "{files:?}");
-    for file in &files {
-        let (a, b) = (std::fs::read(sandbox.path(&format!("one/{file}"))).unwrap(), std::fs::read(sandbox.path(&format!("all/{file}"))).unwrap());
-        assert!(a == b, "{file} differs between 1 and 4 threads");
+    for other in ["all", "scratch"] {
+        assert_eq!(files, files_under(&sandbox.path(other)).into_iter().filter(|f| !f.starts_with("_segflow")).collect::<Vec<_>>());
+        for file in &files {
+            let (a, b) = (std::fs::read(sandbox.path(&format!("one/{file}"))).unwrap(), std::fs::read(sandbox.path(&format!("{other}/{file}"))).unwrap());
+            assert!(a == b, "{file} differs between `one` (1 thread) and `{other}`");
+        }
     }
 }
 
