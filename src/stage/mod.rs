@@ -242,10 +242,10 @@ async fn materialize_partition(mut stream: datafusion::physical_plan::SendableRe
     use futures::StreamExt;
     let mut held = Vec::new();
     let mut seen_buffers = std::collections::HashSet::new();
-    let mut writer = None;
+    let mut encoder: Option<ScratchEncoder> = None;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| crate::engine::describe_datafusion_error(&e))?;
-        if writer.is_none() {
+        if encoder.is_none() {
             let bytes = new_buffer_bytes(&batch, &mut seen_buffers);
             let total = shared.held_bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
             if total <= shared.budget && !shared.overflowed.load(Ordering::SeqCst) {
@@ -253,20 +253,64 @@ async fn materialize_partition(mut stream: datafusion::physical_plan::SendableRe
                 continue;
             }
             shared.overflowed.store(true, Ordering::SeqCst);
-            let mut file = scratch_writer(&path, batch.schema())?;
+            let started = ScratchEncoder::start(path.clone());
             for earlier in held.drain(..) {
-                file.write(&earlier).map_err(|e| e.to_string())?;
+                if !started.send(earlier).await {
+                    break;
+                }
             }
-            writer = Some(file);
+            encoder = Some(started);
         }
-        if let Some(file) = writer.as_mut() {
-            file.write(&batch).map_err(|e| e.to_string())?;
+        if let Some(encoder) = encoder.as_ref()
+            && !encoder.send(batch).await
+        {
+            // The encoder stopped on an error, which `finish` returns.
+            break;
         }
     }
-    if let Some(file) = writer {
-        file.close().map_err(|e| e.to_string())?;
+    if let Some(encoder) = encoder {
+        encoder.finish().await?;
     }
     Ok(HeldPartition { held })
+}
+
+/// A partition's scratch file, encoded on a thread of its own while the partition's next
+/// batches are computed: encoding in the task that pulls the rows left the engine waiting
+/// (the clean stage at 100M lines took 129.5 s against 113.6 s with DataFusion's writer).
+struct ScratchEncoder {
+    batches: tokio::sync::mpsc::Sender<RecordBatch>,
+    thread: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl ScratchEncoder {
+    fn start(path: PathBuf) -> Self {
+        let (batches, mut received) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let thread = tokio::task::spawn_blocking(move || {
+            let mut file = None;
+            while let Some(batch) = received.blocking_recv() {
+                let writer = match file.as_mut() {
+                    Some(writer) => writer,
+                    None => file.insert(scratch_writer(&path, batch.schema())?),
+                };
+                writer.write(&batch).map_err(|e| e.to_string())?;
+            }
+            if let Some(writer) = file {
+                writer.close().map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        ScratchEncoder { batches, thread }
+    }
+
+    /// False once the encoder has stopped (on an error).
+    async fn send(&self, batch: RecordBatch) -> bool {
+        self.batches.send(batch).await.is_ok()
+    }
+
+    async fn finish(self) -> Result<(), String> {
+        drop(self.batches);
+        self.thread.await.map_err(|e| e.to_string())?
+    }
 }
 
 /// The bytes of the buffers of `batch` not counted before (`seen` holds their addresses).
