@@ -163,7 +163,7 @@ impl StageContext<'_> {
             .await?
             .into_iter()
             .enumerate()
-            .map(|(partition, stream)| tokio::spawn(materialize_partition(stream, folder.join(format!("part-{partition:05}.parquet")), shared.clone())))
+            .map(|(partition, stream)| tokio::spawn(materialize_partition(stream, scratch_part(&folder, partition), shared.clone())))
             .collect();
         let mut partitions = Vec::with_capacity(tasks.len());
         let mut first_error = None;
@@ -177,23 +177,23 @@ impl StageContext<'_> {
         if let Some(e) = first_error {
             return Err(fail(e));
         }
-        let held_mib = shared.held_bytes.load(Ordering::SeqCst) as f64 / MIB;
         if !shared.overflowed.load(Ordering::SeqCst) {
+            let held_mib = shared.held_bytes.load(Ordering::SeqCst) as f64 / MIB;
             tracing::debug!(stage = self.stage_name, result = name, held_mib, "rows read more than once held in memory");
             std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
-            let held = partitions.into_iter().map(|p| p.held).collect();
-            let table = datafusion::datasource::MemTable::try_new(schema, held)?;
+            let table = datafusion::datasource::MemTable::try_new(schema, partitions)?;
             return Ok(self.session.read_table(Arc::new(table))?);
         }
         tracing::debug!(stage = self.stage_name, result = name, budget_mib = budget as f64 / MIB, "rows read more than once written to the scratch folder: more than the memory budget");
         // Partitions that ended before another overflowed still hold their rows.
-        for (partition, held) in partitions.into_iter().enumerate().filter(|(_, p)| !p.held.is_empty()) {
-            let path = folder.join(format!("part-{partition:05}.parquet"));
-            let mut writer = scratch_writer(&path, held.held[0].schema()).map_err(fail)?;
-            for batch in &held.held {
-                writer.write(batch).map_err(|e| fail(e.to_string()))?;
+        for (partition, held) in partitions.into_iter().enumerate().filter(|(_, held)| !held.is_empty()) {
+            let encoder = ScratchEncoder::start(scratch_part(&folder, partition));
+            for batch in held {
+                if !encoder.send(batch).await {
+                    break;
+                }
             }
-            writer.close().map_err(|e| fail(e.to_string()))?;
+            encoder.finish().await.map_err(fail)?;
         }
         // No rows, no files: nothing to read a schema from.
         let written = std::fs::read_dir(&folder).map_err(|e| fail(e.to_string()))?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "parquet"));
@@ -232,13 +232,14 @@ struct Materializing {
     overflowed: AtomicBool,
 }
 
-/// The rows a partition still holds when it ends: all of them when nothing overflowed, none
-/// once it wrote its file.
-struct HeldPartition {
-    held: Vec<RecordBatch>,
+/// A partition's file in a scratch folder of [`StageContext::materialize`].
+fn scratch_part(folder: &Path, partition: usize) -> PathBuf {
+    folder.join(format!("part-{partition:05}.parquet"))
 }
 
-async fn materialize_partition(mut stream: datafusion::physical_plan::SendableRecordBatchStream, path: PathBuf, shared: Arc<Materializing>) -> Result<HeldPartition, String> {
+/// Holds or writes one partition's rows; returns the rows it still holds when it ends: all of
+/// them when nothing overflowed, none once it wrote its file.
+async fn materialize_partition(mut stream: datafusion::physical_plan::SendableRecordBatchStream, path: PathBuf, shared: Arc<Materializing>) -> Result<Vec<RecordBatch>, String> {
     use futures::StreamExt;
     let mut held = Vec::new();
     let mut seen_buffers = std::collections::HashSet::new();
@@ -271,7 +272,7 @@ async fn materialize_partition(mut stream: datafusion::physical_plan::SendableRe
     if let Some(encoder) = encoder {
         encoder.finish().await?;
     }
-    Ok(HeldPartition { held })
+    Ok(held)
 }
 
 /// A partition's scratch file, encoded on a thread of its own while the partition's next

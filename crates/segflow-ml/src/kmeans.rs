@@ -507,13 +507,14 @@ fn lane_groups(block: &[f64], d: usize) -> std::slice::ChunksExact<'_, [f64; LAN
     block.as_chunks::<LANES>().0.chunks_exact(d)
 }
 
-/// Squared distances from each row of a group to `centre`; lane for lane the same operations,
+/// Squared distances from each row of a group (lanes of `N` rows, feature-major: a
+/// [`LaneGroup`], or a silhouette tile's group) to `centre`; lane for lane the same operations,
 /// in the same order, as [`squared_distance`], so bit-identical to it.
 #[inline(always)]
-fn group_squared_distances(group: &LaneGroup, centre: &[f64]) -> [f64; LANES] {
-    let mut sums = [0.0; LANES];
+fn group_squared_distances<const N: usize>(group: &[[f64; N]], centre: &[f64]) -> [f64; N] {
+    let mut sums = [0.0; N];
     for (feature, &c) in group.iter().zip(centre) {
-        for r in 0..LANES {
+        for r in 0..N {
             let diff = feature[r] - c;
             sums[r] += diff * diff;
         }
@@ -1369,23 +1370,10 @@ fn tile_distance_sums_portable(
     let mut sums = [[0.0; SILHOUETTE_LANES]; SILHOUETTE_GROUPS];
     for other in others.chunks_exact(d) {
         for (group, sums) in tile.chunks_exact(d).zip(&mut sums) {
-            let squared = squared_distances_in_lanes(group, other);
+            let squared = group_squared_distances(group, other);
             for (sum, squared) in sums.iter_mut().zip(squared) {
                 *sum += squared.sqrt();
             }
-        }
-    }
-    sums
-}
-
-/// Lane for lane the operations of [`squared_distance`], in the same order.
-#[inline(always)]
-fn squared_distances_in_lanes(group: &[SilhouetteLane], other: &[f64]) -> SilhouetteLane {
-    let mut sums = [0.0; SILHOUETTE_LANES];
-    for (feature, &o) in group.iter().zip(other) {
-        for r in 0..SILHOUETTE_LANES {
-            let diff = feature[r] - o;
-            sums[r] += diff * diff;
         }
     }
     sums

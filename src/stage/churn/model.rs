@@ -257,9 +257,9 @@ fn write_trees<W: std::io::Write + Send>(trees: &[Tree], out: W) -> Result<W, St
     // and compressing 4.4M nodes (10M lines) took 1.4 s on one thread at the end of the stage.
     // Row groups are still appended in order, each one whole, so the bytes are those of
     // writing batch after batch.
-    let writer = ArrowWriter::try_new(out, trees_schema(), Some(crate::sink::writer_properties())).map_err(write_error)?;
-    let (mut file, factory) = writer.into_serialized_writer().map_err(write_error)?;
     let schema = trees_schema();
+    let writer = ArrowWriter::try_new(out, schema.clone(), Some(crate::sink::writer_properties())).map_err(write_error)?;
+    let (mut file, factory) = writer.into_serialized_writer().map_err(write_error)?;
     let mut row_groups = 0;
     let mut append = |batches: &mut Vec<RecordBatch>| -> Result<(), String> {
         let encoded: Vec<Result<Vec<ArrowColumnChunk>, parquet::errors::ParquetError>> = batches
