@@ -7,9 +7,9 @@
 -- a feature never sees the future. Every customer with at least one row appears, including
 -- customers whose only invoices were cancelled (frequency 0).
 --
--- Sums and means of money and of time gaps are taken in DECIMAL (each value rounded to 1e-6
--- once, then added exactly): a sum of doubles depends on the order the engine's partitions
--- deliver them in, and the same input must give the same bytes whatever the thread count.
+-- Sums and means of money are taken in DECIMAL (each value rounded to 1e-6 once, then added
+-- exactly): a sum of doubles depends on the order the engine's partitions deliver them in,
+-- and the same input must give the same bytes whatever the thread count.
 WITH lines AS (
     SELECT
         customer_id,
@@ -39,44 +39,31 @@ orders AS (
     FROM lines
     GROUP BY customer_id, invoice
 ),
-purchases AS (
+-- One pass over the orders gives everything per customer: the cancellations count towards
+-- the span and the cancellation rate, the purchases (orders that are not cancellations)
+-- towards the rest. The mean gap between consecutive purchases telescopes to
+-- (last - first) / (purchases - 1): no window sort, and no sum whose order could matter.
+-- The invoices are counted from the orders, not with COUNT(DISTINCT invoice) on the lines:
+-- two distinct counts in one aggregate make DataFusion keep a hash set per customer outside
+-- its memory pool (1.6 GB on 1M lines), where a grouping by invoice streams and spills.
+customer_orders AS (
     SELECT
-        customer_id,
-        invoice,
-        ordered_at,
-        order_value,
-        units,
-        LAG(ordered_at) OVER (PARTITION BY customer_id ORDER BY ordered_at, invoice) AS previous_order_at
-    FROM orders
-    WHERE NOT is_cancellation
-),
-purchase_stats AS (
-    SELECT
-        p.customer_id,
-        COUNT(*) AS frequency,
-        SUM(p.order_value) AS monetary,
-        AVG(p.order_value) AS avg_basket_value,
-        AVG(p.units) AS avg_basket_units,
-        MAX(p.ordered_at) AS last_purchase_at,
-        AVG(CAST((date_part('epoch', p.ordered_at) - date_part('epoch', p.previous_order_at)) / 86400.0 AS DECIMAL(38, 6))) AS avg_days_between_orders,
-        SUM(CASE WHEN date_part('epoch', p.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN 1 ELSE 0 END) AS orders_last_90d,
-        SUM(CASE WHEN date_part('epoch', p.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN p.order_value ELSE CAST(0 AS DECIMAL(38, 6)) END) AS monetary_last_90d,
-        COUNT(DISTINCT date_trunc('month', p.ordered_at)) AS active_months
-    FROM purchases p CROSS JOIN as_of a
-    GROUP BY p.customer_id
-),
--- From the orders, not with COUNT(DISTINCT invoice) on the lines: two distinct counts in one
--- aggregate make DataFusion keep a hash set per customer outside its memory pool (1.6 GB on
--- 1M lines), where a grouping by invoice streams and spills.
-customer_span AS (
-    SELECT
-        customer_id,
-        MIN(ordered_at) AS first_seen_at,
-        MAX(last_line_at) AS last_seen_at,
+        o.customer_id,
+        MIN(o.ordered_at) AS first_seen_at,
+        MAX(o.last_line_at) AS last_seen_at,
         COUNT(*) AS invoices,
-        COUNT(CASE WHEN is_cancellation THEN 1 END) AS cancelled_invoices
-    FROM orders
-    GROUP BY customer_id
+        COUNT(CASE WHEN o.is_cancellation THEN 1 END) AS cancelled_invoices,
+        COUNT(CASE WHEN NOT o.is_cancellation THEN 1 END) AS frequency,
+        SUM(o.order_value) FILTER (WHERE NOT o.is_cancellation) AS monetary,
+        AVG(o.order_value) FILTER (WHERE NOT o.is_cancellation) AS avg_basket_value,
+        AVG(o.units) FILTER (WHERE NOT o.is_cancellation) AS avg_basket_units,
+        MIN(o.ordered_at) FILTER (WHERE NOT o.is_cancellation) AS first_purchase_at,
+        MAX(o.ordered_at) FILTER (WHERE NOT o.is_cancellation) AS last_purchase_at,
+        SUM(CASE WHEN NOT o.is_cancellation AND date_part('epoch', o.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN 1 ELSE 0 END) AS orders_last_90d,
+        SUM(CASE WHEN NOT o.is_cancellation AND date_part('epoch', o.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN o.order_value ELSE CAST(0 AS DECIMAL(38, 6)) END) AS monetary_last_90d,
+        COUNT(DISTINCT date_trunc('month', o.ordered_at)) FILTER (WHERE NOT o.is_cancellation) AS active_months
+    FROM orders o CROSS JOIN as_of a
+    GROUP BY o.customer_id
 ),
 category_spend AS (
     SELECT customer_id, category, SUM(amount) AS spend
@@ -94,22 +81,24 @@ category_mix AS (
 )
 SELECT
     s.customer_id,
-    (a.epoch_seconds - date_part('epoch', COALESCE(p.last_purchase_at, s.last_seen_at))) / 86400.0 AS recency_days,
-    COALESCE(p.frequency, 0) AS frequency,
-    CAST(COALESCE(p.monetary, 0) AS DOUBLE) AS monetary,
-    CAST(COALESCE(p.avg_basket_value, 0) AS DOUBLE) AS avg_basket_value,
-    COALESCE(p.avg_basket_units, 0.0) AS avg_basket_units,
+    (a.epoch_seconds - date_part('epoch', COALESCE(s.last_purchase_at, s.last_seen_at))) / 86400.0 AS recency_days,
+    COALESCE(s.frequency, 0) AS frequency,
+    CAST(COALESCE(s.monetary, 0) AS DOUBLE) AS monetary,
+    CAST(COALESCE(s.avg_basket_value, 0) AS DOUBLE) AS avg_basket_value,
+    COALESCE(s.avg_basket_units, 0.0) AS avg_basket_units,
     (a.epoch_seconds - date_part('epoch', s.first_seen_at)) / 86400.0 AS tenure_days,
     -- A customer with one purchase has no gap yet: the time since that purchase is a lower
     -- bound on it, and keeps the column free of nulls.
-    COALESCE(CAST(p.avg_days_between_orders AS DOUBLE), (a.epoch_seconds - date_part('epoch', COALESCE(p.last_purchase_at, s.last_seen_at))) / 86400.0) AS days_between_orders,
-    COALESCE(p.orders_last_90d, 0) AS orders_last_90d,
-    CAST(COALESCE(p.monetary_last_90d, 0) AS DOUBLE) AS monetary_last_90d,
-    COALESCE(p.active_months, 0) AS active_months,
+    CASE
+        WHEN s.frequency > 1 THEN (date_part('epoch', s.last_purchase_at) - date_part('epoch', s.first_purchase_at)) / 86400.0 / (s.frequency - 1)
+        ELSE (a.epoch_seconds - date_part('epoch', COALESCE(s.last_purchase_at, s.last_seen_at))) / 86400.0
+    END AS days_between_orders,
+    COALESCE(s.orders_last_90d, 0) AS orders_last_90d,
+    CAST(COALESCE(s.monetary_last_90d, 0) AS DOUBLE) AS monetary_last_90d,
+    COALESCE(s.active_months, 0) AS active_months,
     CAST(s.cancelled_invoices AS DOUBLE) / s.invoices AS cancellation_rate,
     COALESCE(m.distinct_categories, 0) AS distinct_categories,
     CAST(COALESCE(m.top_category_share, 0) AS DOUBLE) AS top_category_share
-FROM customer_span s
+FROM customer_orders s
 CROSS JOIN as_of a
-LEFT JOIN purchase_stats p ON p.customer_id = s.customer_id
 LEFT JOIN category_mix m ON m.customer_id = s.customer_id

@@ -205,6 +205,110 @@ impl StageContext<'_> {
         self.read_back(&table, &schema).await
     }
 
+    /// How many buckets to deduplicate `rows` rows of `schema` in
+    /// ([`StageContext::materialize_in_buckets`]): 1 while their estimated size fits a quarter
+    /// of the engine's memory limit, else enough buckets for each to take an eighth. The
+    /// estimate counts 24 bytes for a text value (its view and a short string); a bucket
+    /// that turns out larger spills, as the whole table would have.
+    pub fn dedup_buckets(&self, schema: &SchemaRef, rows: u64) -> usize {
+        if self.distributed || self.scratch.is_none() {
+            return 1;
+        }
+        let datafusion::execution::memory_pool::MemoryLimit::Finite(limit) = self.session.runtime_env().memory_pool.memory_limit() else {
+            return 1;
+        };
+        let row_bytes: u64 = schema.fields().iter().map(|f| f.data_type().primitive_width().unwrap_or(24) as u64).sum::<u64>() + 1;
+        let bytes = rows.saturating_mul(row_bytes);
+        if bytes <= limit as u64 / 4 {
+            return 1;
+        }
+        bytes.div_ceil((limit as u64 / 8).max(1)).min(MAX_BUCKETS as u64) as usize
+    }
+
+    /// `rows` spread over `buckets` Arrow files in the scratch folder by a hash of the columns
+    /// `by`, then each bucket in turn turned into its part of the result by `each` (so only one
+    /// bucket's work is in memory at a time) and written to scratch Parquet, like
+    /// [`StageContext::materialize`]'s rows that overflow. Every row with the same values of
+    /// `by` is in the same bucket, whatever the partitioning of `rows`.
+    pub async fn materialize_in_buckets<F, Fut>(&self, name: &str, rows: DataFrame, by: &[String], buckets: usize, each: F) -> Result<DataFrame, StageFailure>
+    where
+        F: Fn(DataFrame, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<DataFrame, StageFailure>>,
+    {
+        use datafusion::physical_plan::{ExecutionPlan, Partitioning, repartition::RepartitionExec};
+        let scratch = self.scratch.ok_or_else(|| StageFailure { message: format!("`{name}` has no scratch folder to be deduplicated in") })?;
+        let folder = scratch.join(format!("{}_{name}", self.stage_name));
+        let bucket_folder = scratch.join(format!("{}_{name}_buckets", self.stage_name));
+        let fail = |e: String| StageFailure { message: format!("writing `{name}` to the scratch folder {}: {e}", folder.display()) };
+        for f in [&folder, &bucket_folder] {
+            if f.exists() {
+                std::fs::remove_dir_all(f).map_err(|e| fail(e.to_string()))?;
+            }
+            std::fs::create_dir_all(f).map_err(|e| fail(e.to_string()))?;
+        }
+        let started = std::time::Instant::now();
+        let task_context = Arc::new(rows.task_ctx());
+        let plan = rows.create_physical_plan().await?;
+        let plan_schema = plan.schema();
+        let hashed = by.iter().map(|c| datafusion::physical_expr::expressions::col(c, &plan_schema)).collect::<Result<Vec<_>, _>>()?;
+        let spread = Arc::new(RepartitionExec::try_new(plan, Partitioning::Hash(hashed, buckets))?);
+        // Every bucket's stream is drained at once: RepartitionExec feeds them all from the
+        // same input partitions.
+        let tasks: Vec<_> = (0..buckets)
+            .map(|bucket| {
+                let stream = spread.execute(bucket, task_context.clone());
+                let path = bucket_folder.join(format!("bucket-{bucket:05}.arrow"));
+                tokio::spawn(async move { write_bucket(stream?, &path).await.map(|rows| (path, rows)) })
+            })
+            .collect();
+        let mut bucket_files = Vec::with_capacity(buckets);
+        let mut first_error = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(written)) => bucket_files.push(written),
+                Ok(Err(e)) => first_error = first_error.or(Some(crate::engine::describe_datafusion_error(&e))),
+                Err(e) => first_error = first_error.or(Some(e.to_string())),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(fail(e));
+        }
+        let spread_seconds = started.elapsed().as_secs_f64();
+        let shared = Arc::new(Materializing { budget: 0, held_bytes: AtomicUsize::new(0), overflowed: AtomicBool::new(true) });
+        let mut schema: Option<SchemaRef> = None;
+        let mut part = 0;
+        for (bucket, (path, bucket_rows)) in bucket_files.into_iter().enumerate() {
+            if bucket_rows > 0 {
+                let frame = self.session.read_arrow(path.to_string_lossy().as_ref(), datafusion::datasource::file_format::options::ArrowReadOptions::default()).await?;
+                let result = each(frame, bucket).await?;
+                schema.get_or_insert_with(|| result.schema().inner().clone());
+                let tasks: Vec<_> = result
+                    .execute_stream_partitioned()
+                    .await?
+                    .into_iter()
+                    .map(|stream| {
+                        part += 1;
+                        tokio::spawn(materialize_partition(stream, scratch_part(&folder, part - 1), shared.clone()))
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.map_err(|e| fail(e.to_string()))?.map_err(fail)?;
+                }
+            }
+            // Gone as soon as it is used: the buckets hold every row once more.
+            std::fs::remove_file(&path).map_err(|e| fail(e.to_string()))?;
+        }
+        std::fs::remove_dir_all(&bucket_folder).map_err(|e| fail(e.to_string()))?;
+        tracing::debug!(stage = self.stage_name, result = name, buckets, spread_seconds, "rows spread over buckets, each bucket computed on its own: more than the memory limit holds at once");
+        let Some(schema) = schema else {
+            let empty = self.session.read_batch(RecordBatch::new_empty(plan_schema))?;
+            return each(empty, 0).await;
+        };
+        let table = format!("__segflow_materialized_{}_{name}", self.stage_name);
+        crate::engine::register_parquet(self.session, &table, &crate::engine::InputLocation::Folder(folder.clone())).await?;
+        self.read_back(&table, &schema).await
+    }
+
     /// A table read back from Parquet, with the types it was written with: Parquet reads text
     /// back as Utf8View, so the tables written are the same whichever way the rows travelled.
     async fn read_back(&self, table: &str, schema: &SchemaRef) -> Result<DataFrame, StageFailure> {
@@ -215,6 +319,46 @@ impl StageContext<'_> {
             .collect();
         Ok(self.session.table(table).await?.select(columns)?)
     }
+}
+
+/// At most this many bucket files are written at once ([`StageContext::dedup_buckets`]).
+const MAX_BUCKETS: usize = 256;
+
+/// Writes one bucket's rows to an Arrow IPC file (no encoding: each is read back once, at
+/// once); returns how many rows it holds.
+async fn write_bucket(mut stream: datafusion::physical_plan::SendableRecordBatchStream, path: &Path) -> Result<u64, datafusion::error::DataFusionError> {
+    use futures::StreamExt;
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut writer = datafusion::arrow::ipc::writer::FileWriter::try_new(file, &stream.schema())?;
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&compact_views(batch)?)?;
+    }
+    writer.finish()?;
+    Ok(rows)
+}
+
+/// `batch` with its string views copied into buffers of their own: the rows hashed into a
+/// bucket still point into the text blocks of every row they were taken from, and the IPC
+/// writer writes whole blocks.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::DataType;
+    if !batch.schema().fields().iter().any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView)) {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| match column.data_type() {
+            DataType::Utf8View => Arc::new(column.as_string_view().gc()) as datafusion::arrow::array::ArrayRef,
+            DataType::BinaryView => Arc::new(column.as_binary_view().gc()),
+            _ => column.clone(),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns)
 }
 
 /// [`StageContext::materialize`] holds rows in memory up to this share of the engine's memory
@@ -463,6 +607,63 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), before);
+    }
+
+    /// 3,000 rows with every third row repeated later: text as string views (what Parquet
+    /// reads), nulls, and a column that alone does not make a duplicate.
+    fn rows_with_duplicates() -> RecordBatch {
+        use datafusion::arrow::array::{Int64Array, StringViewArray};
+        let ids: Vec<i64> = (0..2_000).chain((0..2_000).step_by(2)).collect();
+        let text: StringViewArray = ids.iter().map(|id| (id % 7 != 0).then(|| format!("invoice text long enough to live in a block {}", id % 500))).collect();
+        let parity: Int64Array = ids.iter().map(|id| Some(id % 2)).collect();
+        RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from(ids)) as datafusion::arrow::array::ArrayRef), ("text", Arc::new(text) as _), ("parity", Arc::new(parity) as _)]).unwrap()
+    }
+
+    async fn sorted_rows(frame: DataFrame) -> Vec<String> {
+        let batches = frame.collect().await.unwrap();
+        let mut rows: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string().lines().filter(|l| l.starts_with('|')).skip(1).map(str::to_string).collect();
+        rows.sort();
+        rows
+    }
+
+    #[tokio::test]
+    async fn rows_deduplicated_bucket_by_bucket_are_the_rows_deduplicated_at_once() {
+        let scratch = tempfile::tempdir().unwrap();
+        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, ..Default::default() }).unwrap();
+        let vars = Vars::new();
+        let ctx = StageContext { session: &session, stage_name: "lines", vars: &vars, seed: 0, run_id: "r", run_date: "2025-01-01", output_root: scratch.path(), scratch: Some(scratch.path()), distributed: false };
+        // Two partitions, so duplicates arrive from both.
+        let batch = rows_with_duplicates();
+        let halves = vec![vec![batch.slice(0, 1_500)], vec![batch.slice(1_500, 1_500)]];
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), halves).unwrap();
+        let rows = session.read_table(Arc::new(table)).unwrap();
+        let at_once = sorted_rows(rows.clone().distinct().unwrap()).await;
+        assert_eq!(at_once.len(), 2_000);
+        let by: Vec<String> = ["id", "text", "parity"].map(String::from).to_vec();
+        let bucketed = ctx.materialize_in_buckets("clean", rows, &by, 7, |bucket, _| async move { Ok(bucket.distinct()?) }).await.unwrap();
+        assert_eq!(bucketed.schema().inner(), &batch.schema(), "the types are kept");
+        assert_eq!(sorted_rows(bucketed).await, at_once);
+        let parts = std::fs::read_dir(scratch.path().join("lines_clean")).unwrap().count();
+        assert!(parts > 7, "each of the 7 buckets wrote its partitions' rows: {parts} files");
+        assert!(!scratch.path().join("lines_clean_buckets").exists(), "the bucket files are removed");
+    }
+
+    #[test]
+    fn deduplicating_in_buckets_starts_where_a_quarter_of_the_memory_limit_ends() {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let scratch = tempfile::tempdir().unwrap();
+        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, memory_limit: 1 << 30, ..Default::default() }).unwrap();
+        let vars = Vars::new();
+        let ctx = StageContext { session: &session, stage_name: "lines", vars: &vars, seed: 0, run_id: "r", run_date: "2025-01-01", output_root: scratch.path(), scratch: Some(scratch.path()), distributed: false };
+        // 8 + 24 + 1 bytes a row.
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("text", DataType::Utf8View, true)]));
+        let quarter = (1u64 << 30) / 4;
+        assert_eq!(ctx.dedup_buckets(&schema, quarter / 33), 1);
+        assert_eq!(ctx.dedup_buckets(&schema, quarter / 33 + 1), 3, "just over a quarter: buckets of at most an eighth");
+        assert_eq!(ctx.dedup_buckets(&schema, 10 * quarter / 33), 20);
+        assert_eq!(ctx.dedup_buckets(&schema, u64::MAX / 64), MAX_BUCKETS);
+        let distributed = StageContext { distributed: true, ..ctx };
+        assert_eq!(distributed.dedup_buckets(&schema, 10 * quarter / 33), 1, "executors cannot read this process's files");
     }
 
     #[test]
