@@ -727,7 +727,7 @@ impl Stage for CleanStage {
         phases.done("rows counted and classified");
 
         let (clean, rejects) = self.lazy_outputs(ctx, &names, &classified_q).await?;
-        let clean = self.materialize_clean(ctx, &names, &classified_q, clean, rows_valid).await?;
+        let clean = ctx.materialize("clean", clean).await?;
         let rows_out = clean.clone().count().await? as i64;
         phases.done("clean rows deduplicated");
         // rows_in = rows_out + rows_rejected + rows_deduplicated holds when every input row was
@@ -841,62 +841,34 @@ impl CleanStage {
     /// The clean rows (typed, PII handled, deduplicated) and the rejects, as lazy frames over
     /// the classified rows.
     async fn lazy_outputs(&self, ctx: &StageContext<'_>, names: &[String], classified_q: &str) -> Result<(DataFrame, DataFrame), StageFailure> {
-        let clean = self.deduplicate(ctx, self.valid_rows(ctx, names, classified_q).await?, "valid").await?;
-        let rejects = ctx.session.sql(&self.rejects_sql(names, classified_q, ctx)).await?;
-        Ok((clean, rejects))
-    }
-
-    /// The rows no rule rejected, typed and with PII handled, before deduplication.
-    async fn valid_rows(&self, ctx: &StageContext<'_>, names: &[String], classified_q: &str) -> Result<DataFrame, StageFailure> {
+        let session = ctx.session;
         let output_columns: Vec<String> = names.iter().filter_map(|n| self.output_column(n, &quote_ident(n))).collect();
-        Ok(ctx.session.sql(&format!("SELECT {} FROM {classified_q} WHERE __reject_reason IS NULL", output_columns.join(", "))).await?)
-    }
-
-    /// `rows` without their duplicates; `part` names the view the key-based query reads.
-    async fn deduplicate(&self, ctx: &StageContext<'_>, rows: DataFrame, part: &str) -> Result<DataFrame, StageFailure> {
-        let Some(dedup) = &self.dedup else {
-            return Ok(rows);
-        };
-        let mut clean = if dedup.exact { rows.distinct()? } else { rows };
-        if !dedup.key.is_empty() {
-            let all: Vec<String> = clean.schema().fields().iter().map(|f| quote_ident(f.name())).collect();
-            let valid_name = self.table(ctx, part);
-            ctx.session.register_table(valid_name.as_str(), clean.into_view())?;
-            let keys: Vec<String> = dedup.key.iter().map(|k| quote_ident(k)).collect();
-            let direction = if dedup.keep == Keep::Latest { "DESC" } else { "ASC" };
-            let order = dedup.order_by.as_ref().map(|o| format!("{} {direction} NULLS LAST, ", quote_ident(o))).unwrap_or_default();
-            // Ties on the ordering column are broken by every column, so the kept row never
-            // depends on how the input was partitioned.
-            clean = ctx
-                .session
-                .sql(&format!(
-                    "SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {order}{cols}) AS __rank FROM {valid}) WHERE __rank = 1",
-                    cols = all.join(", "),
-                    keys = keys.join(", "),
-                    valid = quote_ident(&valid_name),
-                ))
-                .await?;
+        let mut clean = session.sql(&format!("SELECT {} FROM {classified_q} WHERE __reject_reason IS NULL", output_columns.join(", "))).await?;
+        if let Some(dedup) = &self.dedup {
+            if dedup.exact {
+                clean = clean.distinct()?;
+            }
+            if !dedup.key.is_empty() {
+                let all: Vec<String> = clean.schema().fields().iter().map(|f| quote_ident(f.name())).collect();
+                let valid_name = self.table(ctx, "valid");
+                session.register_table(valid_name.as_str(), clean.into_view())?;
+                let keys: Vec<String> = dedup.key.iter().map(|k| quote_ident(k)).collect();
+                let direction = if dedup.keep == Keep::Latest { "DESC" } else { "ASC" };
+                let order = dedup.order_by.as_ref().map(|o| format!("{} {direction} NULLS LAST, ", quote_ident(o))).unwrap_or_default();
+                // Ties on the ordering column are broken by every column, so the kept row never
+                // depends on how the input was partitioned.
+                clean = session
+                    .sql(&format!(
+                        "SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {order}{cols}) AS __rank FROM {valid}) WHERE __rank = 1",
+                        cols = all.join(", "),
+                        keys = keys.join(", "),
+                        valid = quote_ident(&valid_name),
+                    ))
+                    .await?;
+            }
         }
-        Ok(clean)
-    }
-
-    /// The clean rows, computed once for every reader. Deduplicating holds the distinct rows
-    /// (or every key's rows) in memory; when the valid rows would not fit in the engine's
-    /// memory, they are first spread over buckets by a hash of what makes a duplicate (the key,
-    /// or every column), and each bucket is deduplicated on its own: a duplicate never crosses
-    /// buckets. DataFusion would spill instead, sorting each spilled run and merging them,
-    /// which grows faster than the rows (the clean stage at 100M lines).
-    async fn materialize_clean(&self, ctx: &StageContext<'_>, names: &[String], classified_q: &str, clean: DataFrame, rows_valid: i64) -> Result<DataFrame, StageFailure> {
-        let Some(dedup) = self.dedup.as_ref().filter(|d| d.exact || !d.key.is_empty()) else {
-            return ctx.materialize("clean", clean).await;
-        };
-        let valid = self.valid_rows(ctx, names, classified_q).await?;
-        let buckets = ctx.dedup_buckets(valid.schema().inner(), rows_valid.max(0) as u64);
-        if buckets <= 1 {
-            return ctx.materialize("clean", clean).await;
-        }
-        let by: Vec<String> = if dedup.key.is_empty() { valid.schema().fields().iter().map(|f| f.name().clone()).collect() } else { dedup.key.iter().map(|k| k.value.clone()).collect() };
-        ctx.materialize_in_buckets("clean", valid, &by, buckets, |rows, bucket| async move { self.deduplicate(ctx, rows, &format!("valid_{bucket}")).await }).await
+        let rejects = session.sql(&self.rejects_sql(names, classified_q, ctx)).await?;
+        Ok((clean, rejects))
     }
 }
 
