@@ -82,7 +82,7 @@ category_mix AS (
 SELECT
     s.customer_id,
     (a.epoch_seconds - date_part('epoch', COALESCE(s.last_purchase_at, s.last_seen_at))) / 86400.0 AS recency_days,
-    COALESCE(s.frequency, 0) AS frequency,
+    s.frequency,
     CAST(COALESCE(s.monetary, 0) AS DOUBLE) AS monetary,
     CAST(COALESCE(s.avg_basket_value, 0) AS DOUBLE) AS avg_basket_value,
     COALESCE(s.avg_basket_units, 0.0) AS avg_basket_units,
@@ -95,7 +95,7 @@ SELECT
     END AS days_between_orders,
     COALESCE(s.orders_last_90d, 0) AS orders_last_90d,
     CAST(COALESCE(s.monetary_last_90d, 0) AS DOUBLE) AS monetary_last_90d,
-    COALESCE(s.active_months, 0) AS active_months,
+    s.active_months,
     CAST(s.cancelled_invoices AS DOUBLE) / s.invoices AS cancellation_rate,
     COALESCE(m.distinct_categories, 0) AS distinct_categories,
     CAST(COALESCE(m.top_category_share, 0) AS DOUBLE) AS top_category_share
