@@ -6,11 +6,12 @@
 //!    rule has its own [`ForestError`] variant.
 //! 2. The data are checked (shape, labels 0/1 with both classes present, finite-or-NaN features,
 //!    weights) and every feature is binned once into at most `max_bins` (≤ 256) quantile bins,
-//!    stored as `u8` codes, row-major (a node's rows are a sparse gather, and one pass over
-//!    them fills the histograms of every feature the split examines). NaN is "missing": it has
-//!    its own bin, which sorts after all values, so **a split always sends NaN to the right
-//!    child** (also at prediction, where `NaN <= threshold` is false). Infinite feature values
-//!    are rejected at fit.
+//!    stored as `u8` codes, row-major. Each tree copies the codes of the rows it drew and moves
+//!    them with the rows as nodes split, so a node's rows are contiguous and one sequential
+//!    pass over them fills the histograms of every feature the split examines. NaN is
+//!    "missing": it has its own bin, which sorts after all values, so **a split always sends
+//!    NaN to the right child** (also at prediction, where `NaN <= threshold` is false).
+//!    Infinite feature values are rejected at fit.
 //! 3. Trees grow in parallel (rayon). Tree `i` draws everything (bootstrap, features) from
 //!    ChaCha8 seeded with `seed`, stream `i`, and results are reduced in tree order, so the model
 //!    is bit-identical whatever the thread count.
@@ -434,8 +435,13 @@ pub struct Contributions {
     /// every row.
     pub bias: f64,
     /// `rows × features`: for each row, the change in positive-class probability along its path
-    /// credited to each split feature, averaged over trees. `bias + row sum = predict_proba`.
+    /// credited to each split feature, averaged over trees. `bias + row sum = predict_proba`
+    /// (up to rounding).
     pub per_feature: Array2<f64>,
+    /// Per row, the positive-class probability, bit for bit what `predict_proba` returns: the
+    /// walks that credit the features end at the leaves a prediction reads, so a caller that
+    /// wants both (scoring) walks the forest once instead of twice.
+    pub probabilities: Array1<f64>,
 }
 
 /// A fitted random forest. Serialised field names are the saved-model format.
@@ -813,6 +819,7 @@ fn contributions_of(
     let values = row_major(&x);
     let mut root_sum = 0.0;
     let mut flat = vec![0.0; n_rows * n_features];
+    let mut sums = vec![0.0; n_rows];
     let task_rows = rows_per_task(n_rows, n_features, CONTRIBUTION_TASK_VALUES);
     for_each_flat_group(
         trees,
@@ -825,24 +832,38 @@ fn contributions_of(
                 .into_iter()
                 .fold(root_sum, |sum, fraction| sum + fraction);
             if n_features == 0 {
-                // No feature, so no split to credit (and no row width to chunk by).
+                // No feature, so no split to credit (and no row width to chunk by): every tree
+                // is a single leaf, its root.
+                let roots = group.root_positive_fractions();
+                for sum in &mut sums {
+                    *sum = roots.iter().fold(*sum, |sum, fraction| sum + fraction);
+                }
                 return;
             }
             flat.par_chunks_mut(task_rows * n_features)
+                .zip(sums.par_chunks_mut(task_rows))
                 .enumerate()
-                .for_each(|(task, out)| {
+                .for_each(|(task, (out, sums))| {
                     // As in `mean_positive_probability`: each row's entries still receive their
-                    // additions in tree order, then path order.
-                    group.add_path_contributions(&values[task * task_rows * n_features..], out);
+                    // additions in tree order, then path order, and its sum its leaves in
+                    // tree order.
+                    group.add_path_contributions(
+                        &values[task * task_rows * n_features..],
+                        out,
+                        sums,
+                    );
                 });
         },
     )?;
     flat.iter_mut().for_each(|v| *v /= n_trees);
+    // Divided as `mean_positive_probability` divides, so the two agree bit for bit.
+    sums.iter_mut().for_each(|sum| *sum /= n_trees);
     let per_feature = Array2::from_shape_vec((n_rows, n_features), flat)
         .unwrap_or_else(|_| Array2::zeros((n_rows, n_features)));
     Ok(Contributions {
         bias: root_sum / n_trees,
         per_feature,
+        probabilities: Array1::from(sums),
     })
 }
 

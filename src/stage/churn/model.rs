@@ -209,10 +209,12 @@ impl ChurnModel {
     /// Holds a rows × prepared-columns contribution matrix while it runs: callers score a
     /// table a block of rows at a time ([`SCORE_BLOCK_ROWS`]).
     pub fn score(&self, x: ArrayView2<'_, f64>) -> Result<Vec<Score<'_>>, String> {
-        let probabilities = self.fitted.predict_proba(x).map_err(|e| e.to_string())?;
+        // One walk of the forest gives both: the contribution walks end at the leaves a
+        // prediction reads (at 2.4M customers, half the scoring time).
+        let contributions = self.fitted.contributions(x).map_err(|e| e.to_string())?;
+        let probabilities = &contributions.probabilities;
         let groups = feature_groups(&self.preparation);
         let names: Vec<&str> = self.preparation.features().iter().map(|f| f.name()).collect();
-        let contributions = self.fitted.contributions(x).map_err(|e| e.to_string())?;
         let mut per_feature = vec![0.0; names.len()];
         let scores = (0..x.nrows())
             .map(|row| {

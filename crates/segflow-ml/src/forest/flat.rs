@@ -656,8 +656,15 @@ impl<'t> FlatGroup<'t> {
 
     /// Adds to `per_feature` (row-major, `n_features` wide, one row per row of `rows`), tree by
     /// tree in order and along each row's path root first, each step's change in
-    /// positive-class fraction (child minus parent) to the split feature's entry.
-    pub(super) fn add_path_contributions(&self, rows: &[f64], per_feature: &mut [f64]) {
+    /// positive-class fraction (child minus parent) to the split feature's entry; and to
+    /// `sums[i]`, tree by tree in order, the positive-class fraction of the leaf row `i` ends
+    /// at, as [`FlatGroup::add_leaf_values`] does.
+    pub(super) fn add_path_contributions(
+        &self,
+        rows: &[f64],
+        per_feature: &mut [f64],
+        sums: &mut [f64],
+    ) {
         if self.n_features == 0 {
             // No feature, so no split to credit.
             return;
@@ -667,12 +674,12 @@ impl<'t> FlatGroup<'t> {
             Layout::Ranked { ranks, trees } => {
                 let codes = ranks.encode(rows);
                 for tree in trees {
-                    tree.add_path_contributions(&codes, self.n_features, per_feature);
+                    tree.add_path_contributions(&codes, self.n_features, per_feature, sums);
                 }
             }
             Layout::Plain { trees } => {
                 for tree in trees {
-                    tree.add_path_contributions(rows, self.n_features, per_feature);
+                    tree.add_path_contributions(rows, self.n_features, per_feature, sums);
                 }
             }
         }
@@ -937,12 +944,14 @@ impl<N: FlatNode> FlatTree<'_, N> {
 
     /// Adds, along each row's path, each step's change in positive-class fraction (child minus
     /// parent) to the split feature's entry of that row of `per_feature` (row-major,
-    /// `n_features` wide, one row per row of `rows`), root first. `n_features` is at least 1.
+    /// `n_features` wide, one row per row of `rows`), root first, and the fraction of the leaf
+    /// the path ends at to the row's entry of `sums`. `n_features` is at least 1.
     fn add_path_contributions(
         &self,
         rows: &[N::Value],
         n_features: usize,
         per_feature: &mut [f64],
+        sums: &mut [f64],
     ) {
         match &self.positive_fractions {
             PositiveFractions::Copied(fractions) => self.add_path_contributions_with(
@@ -950,12 +959,14 @@ impl<N: FlatNode> FlatTree<'_, N> {
                 rows,
                 n_features,
                 per_feature,
+                sums,
             ),
             in_stored_tree => self.add_path_contributions_with(
                 |node| in_stored_tree.at(node),
                 rows,
                 n_features,
                 per_feature,
+                sums,
             ),
         }
     }
@@ -969,12 +980,15 @@ impl<N: FlatNode> FlatTree<'_, N> {
         rows: &[N::Value],
         n_features: usize,
         per_feature: &mut [f64],
+        sums: &mut [f64],
     ) {
         let n_rows = per_feature.len() / n_features;
         let lockstep_rows = n_rows / CONTRIBUTION_LANES * CONTRIBUTION_LANES;
         let (lockstep_out, other_out) = per_feature.split_at_mut(lockstep_rows * n_features);
-        for (lanes, out) in lockstep_out
+        let (lockstep_sums, other_sums) = sums[..n_rows].split_at_mut(lockstep_rows);
+        for (lanes, (out, sums)) in lockstep_out
             .chunks_exact_mut(CONTRIBUTION_LANES * n_features)
+            .zip(lockstep_sums.chunks_exact_mut(CONTRIBUTION_LANES))
             .enumerate()
         {
             let rows =
@@ -998,9 +1012,16 @@ impl<N: FlatNode> FlatTree<'_, N> {
                     break;
                 }
             }
+            for (sum, leaf) in sums.iter_mut().zip(index) {
+                *sum += fraction(leaf);
+            }
         }
         // The last rows, fewer than a lockstep group, one at a time.
-        for (offset, out_row) in other_out.chunks_exact_mut(n_features).enumerate() {
+        for (offset, (out_row, sum)) in other_out
+            .chunks_exact_mut(n_features)
+            .zip(other_sums)
+            .enumerate()
+        {
             let row = &rows[(lockstep_rows + offset) * n_features..][..n_features];
             let mut index = 0;
             let mut parent_fraction = fraction(0);
@@ -1015,6 +1036,7 @@ impl<N: FlatNode> FlatTree<'_, N> {
                 out_row[feature] += child_fraction - parent_fraction;
                 parent_fraction = child_fraction;
             }
+            *sum += parent_fraction;
         }
     }
 }

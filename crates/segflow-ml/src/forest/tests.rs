@@ -227,6 +227,11 @@ fn bias_plus_contributions_equals_probability() -> TestResult {
         .mean_axis(ndarray::Axis(0))
         .ok_or("rows")?;
     assert!(mean_abs[0] > mean_abs[3] && mean_abs[0] > mean_abs[4]);
+    assert_same_bits(
+        &contributions.probabilities,
+        &probabilities,
+        "forest probabilities from the contribution walks",
+    );
     let single = single_tree(DecisionTreeParams::new(), &x, &y)?;
     let single_contributions = single.contributions(x_test.view())?;
     let single_p = single.predict_proba(x_test.view())?;
@@ -238,6 +243,11 @@ fn bias_plus_contributions_equals_probability() -> TestResult {
     {
         assert!((single_contributions.bias + row.sum() - p).abs() < 1e-9);
     }
+    assert_same_bits(
+        &single_contributions.probabilities,
+        &single_p,
+        "tree probabilities from the contribution walks",
+    );
     Ok(())
 }
 
@@ -1005,12 +1015,19 @@ fn assert_group_matches_reference(
     // The reference divides each row's sums by the tree count; so do these, as
     // `contributions_of` does (multiplying the reference back would not give the same bits).
     let mut per_feature = vec![0.0; x.len()];
-    group.add_path_contributions(rows, &mut per_feature);
+    let mut path_end_sums = vec![0.0; x.nrows()];
+    group.add_path_contributions(rows, &mut per_feature, &mut path_end_sums);
     per_feature
         .iter_mut()
         .for_each(|value| *value /= trees.len() as f64);
     let (_, expected) = reference_contributions(trees, x);
     assert_same_bits(&per_feature, &expected, "contributions");
+    // The contribution walks end at the leaves a prediction reads, summed in the same order.
+    assert_same_bits(
+        &path_end_sums,
+        &reference_leaf_sums(trees, x),
+        "path-end sums",
+    );
     Ok(())
 }
 

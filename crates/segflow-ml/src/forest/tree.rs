@@ -317,8 +317,8 @@ pub(super) struct TreeSample<'a> {
     pub(super) weights: Vec<f64>,
 }
 
-/// One in-sample row as the grower sees it, packed so a histogram pass touches the feature
-/// column and nothing else at random.
+/// One in-sample row as the grower sees it: its label and weight, next to (in `Grower::codes`)
+/// its own copy of the row's bin codes.
 #[derive(Debug, Clone, Copy)]
 struct RowEntry {
     row: u32,
@@ -367,7 +367,16 @@ struct Grower<'a> {
     /// `0..n_features`, the feature list of subtraction mode.
     all_features: Vec<usize>,
     rows: Vec<RowEntry>,
+    /// The bin codes of `rows[i]` at `codes[i * n_features..(i + 1) * n_features]`, partitioned
+    /// with `rows`. A node's rows are scattered over the training matrix; reading their codes
+    /// through the row index costs a cache miss per row once the binned matrix outgrows the
+    /// cache (1.69M training customers × 30 features = 51 MB at 100M transactions, against a
+    /// 32 MB L3),
+    /// which made a tree's growth 26× slower for 10× the rows. Moving the codes with the rows
+    /// keeps every histogram pass and partition a sequential read.
+    codes: Vec<u8>,
     partition_scratch: Vec<RowEntry>,
+    codes_scratch: Vec<u8>,
     feature_order: Vec<usize>,
     tree: Tree,
 }
@@ -388,6 +397,11 @@ pub(super) fn grow_tree(
             weight: sample.weights[row],
         })
         .collect();
+    let codes: Vec<u8> = rows
+        .iter()
+        .flat_map(|entry| sample.binned.row(entry.row as usize))
+        .copied()
+        .collect();
     let mut grower = Grower {
         sample,
         settings,
@@ -398,7 +412,9 @@ pub(super) fn grow_tree(
         scratch_histograms: (0..n_features).map(|_| Histogram::new(stride)).collect(),
         all_features: (0..n_features).collect(),
         partition_scratch: Vec::with_capacity(rows.len()),
+        codes_scratch: Vec::with_capacity(codes.len()),
         rows,
+        codes,
         feature_order: (0..n_features).collect(),
         tree: Tree::new(settings.n_classes),
     };
@@ -485,16 +501,17 @@ impl Grower<'_> {
     }
 
     /// One pass over `rows` adds every row to the histogram of each feature in `features`
-    /// (`histograms[i]` belongs to `features[i]`).
+    /// (`histograms[i]` belongs to `features[i]`); `codes` are the rows' codes, one row after
+    /// another.
     fn fill_histograms(
         histograms: &mut [Histogram],
         features: &[usize],
-        binned: &BinnedFeatures,
         rows: &[RowEntry],
+        codes: &[u8],
         stride: usize,
     ) {
-        for entry in rows {
-            let codes = binned.row(entry.row as usize);
+        let n_features = codes.len() / rows.len().max(1);
+        for (entry, codes) in rows.iter().zip(codes.chunks_exact(n_features)) {
             for (histogram, &feature) in histograms.iter_mut().zip(features) {
                 let bin = usize::from(codes[feature]);
                 let cell = bin * stride;
@@ -510,8 +527,8 @@ impl Grower<'_> {
         Self::fill_histograms(
             &mut histograms,
             &self.all_features,
-            self.sample.binned,
             &self.rows[start..end],
+            &self.codes[start * self.n_features..end * self.n_features],
             self.stride,
         );
         histograms
@@ -674,8 +691,8 @@ impl Grower<'_> {
                 Self::fill_histograms(
                     histograms,
                     batch,
-                    self.sample.binned,
                     &self.rows[start..end],
+                    &self.codes[start * self.n_features..end * self.n_features],
                     self.stride,
                 );
                 for (histogram, &feature) in histograms.iter_mut().zip(batch) {
@@ -702,19 +719,30 @@ impl Grower<'_> {
             return None;
         };
 
-        // Stable partition: left rows keep their order, then right rows keep theirs.
+        // Stable partition, codes moved with their rows: left rows keep their order, then right
+        // rows keep theirs.
+        let n_features = self.n_features;
         self.partition_scratch.clear();
+        self.codes_scratch.clear();
         let mut write = start;
         for read in start..end {
             let row = self.rows[read];
-            if usize::from(self.sample.binned.row(row.row as usize)[best.feature]) <= best.bin {
-                self.rows[write] = row;
+            let codes_at = read * n_features;
+            if usize::from(self.codes[codes_at + best.feature]) <= best.bin {
+                if write != read {
+                    self.rows[write] = row;
+                    self.codes
+                        .copy_within(codes_at..codes_at + n_features, write * n_features);
+                }
                 write += 1;
             } else {
                 self.partition_scratch.push(row);
+                self.codes_scratch
+                    .extend_from_slice(&self.codes[codes_at..codes_at + n_features]);
             }
         }
         self.rows[write..end].copy_from_slice(&self.partition_scratch);
+        self.codes[write * n_features..end * n_features].copy_from_slice(&self.codes_scratch);
         let middle = write;
 
         let left_index = self.tree.len();
