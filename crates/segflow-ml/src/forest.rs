@@ -827,14 +827,11 @@ fn contributions_of(
         group_nodes,
         Purpose::Contributions,
         |_, group| {
-            root_sum = group
-                .root_positive_fractions()
-                .into_iter()
-                .fold(root_sum, |sum, fraction| sum + fraction);
+            let roots = group.root_positive_fractions();
+            root_sum = roots.iter().fold(root_sum, |sum, fraction| sum + fraction);
             if n_features == 0 {
                 // No feature, so no split to credit (and no row width to chunk by): every tree
                 // is a single leaf, its root.
-                let roots = group.root_positive_fractions();
                 for sum in &mut sums {
                     *sum = roots.iter().fold(*sum, |sum, fraction| sum + fraction);
                 }
