@@ -46,6 +46,10 @@ orders AS (
 -- The invoices are counted from the orders, not with COUNT(DISTINCT invoice) on the lines:
 -- two distinct counts in one aggregate make DataFusion keep a hash set per customer outside
 -- its memory pool (1.6 GB on 1M lines), where a grouping by invoice streams and spills.
+-- Active months are counted as integers (year * 12 + month), not as truncated timestamps:
+-- DataFusion 55 counts distinct integers with one hash table for all customers inside its
+-- memory pool, where a timestamp still goes through a row-by-row accumulator with a hash set
+-- per customer (a quarter of this query's CPU at 100M lines). The count is the same.
 customer_orders AS (
     SELECT
         o.customer_id,
@@ -61,7 +65,7 @@ customer_orders AS (
         MAX(o.ordered_at) FILTER (WHERE NOT o.is_cancellation) AS last_purchase_at,
         SUM(CASE WHEN NOT o.is_cancellation AND date_part('epoch', o.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN 1 ELSE 0 END) AS orders_last_90d,
         SUM(CASE WHEN NOT o.is_cancellation AND date_part('epoch', o.ordered_at) >= a.epoch_seconds - 90 * 86400 THEN o.order_value ELSE CAST(0 AS DECIMAL(38, 6)) END) AS monetary_last_90d,
-        COUNT(DISTINCT date_trunc('month', o.ordered_at)) FILTER (WHERE NOT o.is_cancellation) AS active_months
+        COUNT(DISTINCT date_part('year', o.ordered_at) * 12 + date_part('month', o.ordered_at)) FILTER (WHERE NOT o.is_cancellation) AS active_months
     FROM orders o CROSS JOIN as_of a
     GROUP BY o.customer_id
 ),

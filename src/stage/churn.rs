@@ -750,7 +750,10 @@ impl Stage for ChurnStage {
         let (tree_threshold, _) = self.choose_threshold(&y_train, &tree_oof, &format!("{THRESHOLD_FOLDS}-fold out-of-fold training predictions")).map_err(fail)?;
         phases.done("baseline tree fitted, its threshold chosen");
 
-        let forest = fit_forest(x_train.view(), &y_train).map_err(fail)?;
+        let mut forest = fit_forest(x_train.view(), &y_train).map_err(fail)?;
+        // With the out-of-bag estimate, the fit walked its training rows through every tree:
+        // the same bits as predicting them again for the training split's evaluation.
+        let mut forest_training_scores = forest.training_probabilities.take();
         let forest_predict = |x: ArrayView2<'_, f64>| forest.predict_proba(x).map(|p| p.to_vec()).unwrap_or_default();
         let tree_predict = |x: ArrayView2<'_, f64>| tree.predict_proba(x).map(|p| p.to_vec()).unwrap_or_default();
         // Thresholds are chosen on out-of-sample training predictions.
@@ -772,7 +775,11 @@ impl Stage for ChurnStage {
         let mut test_auc = None;
         for (name, predict, threshold) in [(FOREST, &forest_predict as &(dyn Fn(ArrayView2<'_, f64>) -> Vec<f64> + Sync), forest_threshold), (TREE, &tree_predict, tree_threshold)] {
             evaluation.push(name, "train", "threshold", Keys::default(), Some(threshold));
-            evaluate::model_on_split(&mut evaluation, name, "train", &y_train, &predict(x_train.view()), threshold);
+            let train_scores = match name {
+                FOREST => forest_training_scores.take().unwrap_or_else(|| predict(x_train.view())),
+                _ => predict(x_train.view()),
+            };
+            evaluate::model_on_split(&mut evaluation, name, "train", &y_train, &train_scores, threshold);
             let test_scores = predict(x_test.view());
             evaluate::model_on_split(&mut evaluation, name, "test", &y_test, &test_scores, threshold);
             if name == FOREST {

@@ -461,6 +461,11 @@ pub struct RandomForest {
     /// Per-row OOB probabilities: fit-time diagnostics, not saved.
     #[serde(skip)]
     pub oob_probabilities: Option<Vec<Option<f64>>>,
+    /// With `oob_score`, the forest's predictions of its own training rows, bit for bit
+    /// `predict_proba`'s, from the walk that gives the OOB estimate: evaluating the training
+    /// split then takes no walk of its own. Fit-time diagnostics, not saved.
+    #[serde(skip)]
+    pub training_probabilities: Option<Vec<f64>>,
 }
 
 /// A fitted single tree. Serialised field names are the saved-model format.
@@ -888,15 +893,16 @@ impl RandomForest {
         let grown = grow_trees(&data, &params.tree, params.n_trees, draws, params.seed);
         let (trees, in_bag): (Vec<Tree>, Vec<Vec<bool>>) =
             grown.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
-        let (oob_accuracy, oob_probabilities) = if params.oob_score {
-            let oob = oob_estimate(&trees, &in_bag, x, labels, FLAT_NODES_PER_GROUP)?;
+        let (oob_accuracy, oob_probabilities, training_probabilities) = if params.oob_score {
+            let (oob, training) = oob_estimate(&trees, &in_bag, x, labels, FLAT_NODES_PER_GROUP)?;
             // No row scored (too few trees) leaves the accuracy undefined: None, not NaN.
             (
                 Some(oob.accuracy).filter(|a| !a.is_nan()),
                 Some(oob.probabilities),
+                Some(training),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(RandomForest {
             n_features: x.ncols(),
@@ -905,6 +911,7 @@ impl RandomForest {
             trees,
             oob_accuracy,
             oob_probabilities,
+            training_probabilities,
         })
     }
 
@@ -935,16 +942,19 @@ impl RandomForest {
     }
 }
 
-/// OOB estimate from `trees` (in tree order) and `in_bag[tree][row]`.
+/// OOB estimate from `trees` (in tree order) and `in_bag[tree][row]`, with the forest's
+/// predictions of the rows `x` (its training rows), bit for bit [`RandomForest::predict_proba`]'s:
+/// both from one walk of every row through every tree.
 fn oob_estimate(
     trees: &[Tree],
     in_bag: &[Vec<bool>],
     x: ArrayView2<'_, f64>,
     labels: &[usize],
     group_nodes: usize,
-) -> Result<OobEstimate, ForestError> {
+) -> Result<(OobEstimate, Vec<f64>), ForestError> {
     let n_features = x.ncols();
     let values = row_major(&x);
+    let mut all_sums = vec![0.0; x.nrows()];
     let mut sums = vec![0.0; x.nrows()];
     let mut counts = vec![0usize; x.nrows()];
     let task_rows = rows_per_task(x.nrows(), n_features, PREDICT_TASK_VALUES);
@@ -955,19 +965,22 @@ fn oob_estimate(
         Purpose::Predictions,
         |first_tree, group| {
             let in_bag = &in_bag[first_tree..];
-            sums.par_chunks_mut(task_rows)
+            all_sums
+                .par_chunks_mut(task_rows)
+                .zip(sums.par_chunks_mut(task_rows))
                 .zip(counts.par_chunks_mut(task_rows))
                 .enumerate()
-                .for_each(|(task, (sums, counts))| {
+                .for_each(|(task, ((all_sums, sums), counts))| {
                     let first_row = task * task_rows;
                     let task_in_bag: Vec<&[bool]> = in_bag
                         .iter()
                         .map(|in_bag| &in_bag[first_row..first_row + sums.len()])
                         .collect();
-                    // Each row sums its out-of-bag trees in tree order.
-                    group.add_out_of_bag_leaf_values(
+                    // Each row sums its trees, and its out-of-bag trees, in tree order.
+                    group.add_leaf_values_and_out_of_bag(
                         &values[first_row * n_features..],
                         &task_in_bag,
+                        all_sums,
                         sums,
                         counts,
                     );
@@ -993,10 +1006,17 @@ fn oob_estimate(
     } else {
         correct as f64 / scored.len() as f64
     };
-    Ok(OobEstimate {
-        accuracy,
-        probabilities,
-    })
+    // Divided as `mean_positive_probability` divides, so the two agree bit for bit.
+    all_sums
+        .iter_mut()
+        .for_each(|sum| *sum /= trees.len() as f64);
+    Ok((
+        OobEstimate {
+            accuracy,
+            probabilities,
+        },
+        all_sums,
+    ))
 }
 
 impl DecisionTree {

@@ -88,7 +88,7 @@ pub struct ForestSummary {
 }
 
 fn empty_forest() -> RandomForest {
-    RandomForest { n_features: 0, n_classes: 2, trees: Vec::new(), feature_importances: Vec::new(), oob_accuracy: None, oob_probabilities: None }
+    RandomForest { n_features: 0, n_classes: 2, trees: Vec::new(), feature_importances: Vec::new(), oob_accuracy: None, oob_probabilities: None, training_probabilities: None }
 }
 
 impl ForestSummary {
@@ -150,6 +150,7 @@ impl ChurnModel {
             feature_importances: model.forest.feature_importances.clone(),
             oob_accuracy: None,
             oob_probabilities: None,
+            training_probabilities: None,
         };
         model.check().map_err(|e| format!("{shown}: {e}"))?;
         Ok(model)

@@ -628,27 +628,47 @@ impl<'t> FlatGroup<'t> {
         }
     }
 
-    /// As [`FlatGroup::add_leaf_values`], for each tree only the rows it did not draw
-    /// (`in_bag[tree][i]` false, one mask per tree of the group, indexed like `sums`), and
-    /// counts in `counts` the trees added.
-    pub(super) fn add_out_of_bag_leaf_values(
+    /// As [`FlatGroup::add_leaf_values`] into `sums`; and into `out_of_bag_sums`, for each tree
+    /// only the rows it did not draw (`in_bag[tree][i]` false, one mask per tree of the group,
+    /// indexed like `sums`), counting in `counts` the trees added there. One walk of every row
+    /// gives a forest's predictions of its training rows and its out-of-bag estimate, where
+    /// the two took a walk each (the out-of-bag one over a third of the rows, gathered).
+    pub(super) fn add_leaf_values_and_out_of_bag(
         &self,
         rows: &[f64],
         in_bag: &[&[bool]],
         sums: &mut [f64],
+        out_of_bag_sums: &mut [f64],
         counts: &mut [usize],
     ) {
         let rows = &rows[..sums.len() * self.n_features];
+        let n_features = self.n_features;
         match &self.layout {
             Layout::Ranked { ranks, trees } => {
                 let codes = ranks.encode(rows);
                 for (tree, in_bag) in trees.iter().zip(in_bag) {
-                    tree.add_out_of_bag_leaf_values(&codes, self.n_features, in_bag, sums, counts);
+                    let in_bag = &in_bag[..sums.len()];
+                    tree.add_leaf_values_and_out_of_bag(
+                        &codes,
+                        n_features,
+                        in_bag,
+                        sums,
+                        out_of_bag_sums,
+                        counts,
+                    );
                 }
             }
             Layout::Plain { trees } => {
                 for (tree, in_bag) in trees.iter().zip(in_bag) {
-                    tree.add_out_of_bag_leaf_values(rows, self.n_features, in_bag, sums, counts);
+                    let in_bag = &in_bag[..sums.len()];
+                    tree.add_leaf_values_and_out_of_bag(
+                        rows,
+                        n_features,
+                        in_bag,
+                        sums,
+                        out_of_bag_sums,
+                        counts,
+                    );
                 }
             }
         }
@@ -906,39 +926,36 @@ impl<N: FlatNode> FlatTree<'_, N> {
         }
     }
 
-    /// As [`FlatTree::add_leaf_values`] for the rows with `in_bag[i]` false, counting each in
-    /// `counts[i]`.
-    fn add_out_of_bag_leaf_values(
+    /// As [`FlatTree::add_leaf_values`] into `sums`, each leaf value also added to
+    /// `out_of_bag_sums[i]` and counted in `counts[i]` when `in_bag[i]` is false: the one walk
+    /// gives both a forest's predictions of its own training rows and its out-of-bag estimate.
+    fn add_leaf_values_and_out_of_bag(
         &self,
         rows: &[N::Value],
         n_features: usize,
         in_bag: &[bool],
         sums: &mut [f64],
+        out_of_bag_sums: &mut [f64],
         counts: &mut [usize],
     ) {
-        let out_of_bag: Vec<usize> = (0..sums.len()).filter(|&row| !in_bag[row]).collect();
-        let lockstep_rows = Self::lockstep_rows(out_of_bag.len(), n_features);
-        let (lockstep_out_of_bag, others) = out_of_bag.split_at(lockstep_rows);
-        // Out-of-bag rows are scattered: each lockstep group is copied next to each other.
-        let mut gathered = Vec::with_capacity(LANES * n_features);
-        for lanes in lockstep_out_of_bag.chunks_exact(LANES) {
-            gathered.clear();
-            for &row in lanes {
-                gathered.extend_from_slice(&rows[row * n_features..][..n_features]);
-            }
-            for (&row, leaf) in lanes
-                .iter()
-                .zip(self.lockstep_leaves(&gathered, n_features))
-            {
-                sums[row] += self.positive_fractions.at(leaf);
+        let mut add = |row: usize, leaf: usize| {
+            let value = self.positive_fractions.at(leaf);
+            sums[row] += value;
+            if !in_bag[row] {
+                out_of_bag_sums[row] += value;
                 counts[row] += 1;
             }
+        };
+        let n_rows = in_bag.len();
+        let lockstep_rows = Self::lockstep_rows(n_rows, n_features);
+        for first in (0..lockstep_rows).step_by(LANES) {
+            let leaves = self.lockstep_leaves(&rows[first * n_features..], n_features);
+            for (row, leaf) in (first..).zip(leaves) {
+                add(row, leaf);
+            }
         }
-        for &row in others {
-            sums[row] += self
-                .positive_fractions
-                .at(self.leaf_of(&rows[row * n_features..][..n_features]));
-            counts[row] += 1;
+        for row in lockstep_rows..n_rows {
+            add(row, self.leaf_of(&rows[row * n_features..][..n_features]));
         }
     }
 

@@ -661,6 +661,16 @@ fn forest_predictions_equal_a_plain_walk_of_the_stored_trees_bit_for_bit() -> Te
         .map(|p| p.map(f64::to_bits))
         .collect();
     assert_eq!(oob_bits, expected_oob);
+    // The same walk predicts the training rows, as predict_proba does, bit for bit.
+    let training = model
+        .training_probabilities
+        .as_deref()
+        .ok_or("training predictions kept with oob_score")?;
+    let predicted = model.predict_proba(x.view())?;
+    assert_eq!(
+        training.iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+        predicted.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -679,7 +689,14 @@ fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once()
     let bits = |v: &[f64]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
     let whole = mean_positive_probability(&trees, 6, x_test.view(), all_nodes)?;
     let whole_contributions = contributions_of(&trees, 6, x_test.view(), all_nodes)?;
-    let whole_oob = oob_estimate(&trees, &in_bag, x.view(), &y, all_nodes)?;
+    let (whole_oob, whole_training) = oob_estimate(&trees, &in_bag, x.view(), &y, all_nodes)?;
+    // The training rows' predictions from the OOB walk are predict_proba's, bit for bit.
+    let training = mean_positive_probability(&trees, 6, x.view(), all_nodes)?;
+    assert_eq!(
+        bits(&whole_training),
+        bits(training.as_slice().ok_or("contiguous")?),
+        "training predictions from the OOB walk"
+    );
     // One tree per group, two or three per group, and uneven groups.
     for group_nodes in [1, largest, 2 * largest + 1, all_nodes / 2] {
         let grouped = mean_positive_probability(&trees, 6, x_test.view(), group_nodes)?;
@@ -703,10 +720,15 @@ fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once()
             ),
             "contributions, groups of {group_nodes} nodes"
         );
-        let oob = oob_estimate(&trees, &in_bag, x.view(), &y, group_nodes)?;
+        let (oob, training) = oob_estimate(&trees, &in_bag, x.view(), &y, group_nodes)?;
         assert_eq!(
             oob.probabilities, whole_oob.probabilities,
             "OOB, groups of {group_nodes} nodes"
+        );
+        assert_eq!(
+            bits(&training),
+            bits(&whole_training),
+            "training predictions, groups of {group_nodes} nodes"
         );
         assert_eq!(oob.accuracy.to_bits(), whole_oob.accuracy.to_bits());
     }
@@ -815,6 +837,7 @@ fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResu
         feature_importances: Vec::new(),
         oob_accuracy: None,
         oob_probabilities: None,
+        training_probabilities: None,
     };
     // More rows than walk in lockstep, none of them with a value to read.
     let x = Array2::<f64>::zeros((20, 0));
@@ -862,6 +885,7 @@ fn forest_of(n_features: usize, trees: Vec<Tree>) -> RandomForest {
         feature_importances: vec![0.0; n_features],
         oob_accuracy: None,
         oob_probabilities: None,
+        training_probabilities: None,
     }
 }
 
@@ -1005,9 +1029,21 @@ fn assert_group_matches_reference(
         .map(|_| (0..x.nrows()).map(|_| rng.random::<f64>() < 0.6).collect())
         .collect();
     let in_bag_views: Vec<&[bool]> = in_bag.iter().map(Vec::as_slice).collect();
+    let mut all_sums = vec![0.0; x.nrows()];
     let mut out_of_bag_sums = vec![0.0; x.nrows()];
     let mut counts = vec![0; x.nrows()];
-    group.add_out_of_bag_leaf_values(rows, &in_bag_views, &mut out_of_bag_sums, &mut counts);
+    group.add_leaf_values_and_out_of_bag(
+        rows,
+        &in_bag_views,
+        &mut all_sums,
+        &mut out_of_bag_sums,
+        &mut counts,
+    );
+    assert_same_bits(
+        &all_sums,
+        &reference_leaf_sums(trees, x),
+        "leaf sums of the OOB walk",
+    );
     let (expected_sums, expected_counts) = reference_out_of_bag_sums(trees, &in_bag, x);
     assert_same_bits(&out_of_bag_sums, &expected_sums, "out-of-bag sums");
     assert_eq!(counts, expected_counts, "out-of-bag counts");
