@@ -647,7 +647,6 @@ impl<'t> FlatGroup<'t> {
             Layout::Ranked { ranks, trees } => {
                 let codes = ranks.encode(rows);
                 for (tree, in_bag) in trees.iter().zip(in_bag) {
-                    let in_bag = &in_bag[..sums.len()];
                     tree.add_leaf_values_and_out_of_bag(
                         &codes,
                         n_features,
@@ -660,7 +659,6 @@ impl<'t> FlatGroup<'t> {
             }
             Layout::Plain { trees } => {
                 for (tree, in_bag) in trees.iter().zip(in_bag) {
-                    let in_bag = &in_bag[..sums.len()];
                     tree.add_leaf_values_and_out_of_bag(
                         rows,
                         n_features,
@@ -938,6 +936,7 @@ impl<N: FlatNode> FlatTree<'_, N> {
         out_of_bag_sums: &mut [f64],
         counts: &mut [usize],
     ) {
+        let n_rows = sums.len();
         let mut add = |row: usize, leaf: usize| {
             let value = self.positive_fractions.at(leaf);
             sums[row] += value;
@@ -946,7 +945,6 @@ impl<N: FlatNode> FlatTree<'_, N> {
                 counts[row] += 1;
             }
         };
-        let n_rows = in_bag.len();
         let lockstep_rows = Self::lockstep_rows(n_rows, n_features);
         for first in (0..lockstep_rows).step_by(LANES) {
             let leaves = self.lockstep_leaves(&rows[first * n_features..], n_features);
