@@ -61,7 +61,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use binning::BinnedFeatures;
-use flat::{FlatGroup, Purpose};
+use flat::{FlatGroup, Purpose, RowCodes, TaskRows};
 use tree::{GrowSettings, TreeSample};
 pub use tree::{Node, Tree};
 
@@ -714,11 +714,13 @@ fn check_width(x: &ArrayView2<'_, f64>, expected: usize) -> Result<(), ForestErr
 }
 
 /// Row values (rows × features) per rayon task when predicting probabilities or OOB: at 28
-/// features, 37k rows, whose codes (`flat.rs`) take 2 MB.
-const PREDICT_TASK_VALUES: usize = 1 << 20;
-/// Row values per rayon task when computing contributions, whose task also adds into its rows'
-/// output (8 bytes a value): at 28 features, 18k rows.
-const CONTRIBUTION_TASK_VALUES: usize = 1 << 19;
+/// features, 150k rows, 8 MB of codes (`flat.rs`) that each tree of a group reads through once.
+const PREDICT_TASK_VALUES: usize = 1 << 22;
+/// Row values per rayon task when computing contributions, as [`PREDICT_TASK_VALUES`]. Scoring
+/// the 2.4M customers of the 100M demo run (blocks of 262k rows, trees of 440k nodes) took
+/// 34.8 s with tasks of 131k rows against 42 s with tasks of 18k (`segflow score`, same model
+/// and table): a tree too big for L2 serves more rows from each node it brings in.
+const CONTRIBUTION_TASK_VALUES: usize = 1 << 22;
 
 /// Rows per rayon task when predicting `n_rows` rows of `n_features` values, at most
 /// `max_values` values a task; the result does not depend on it.
@@ -759,6 +761,7 @@ fn for_each_flat_group(
     mut walk: impl FnMut(usize, &FlatGroup<'_>),
 ) -> Result<(), ForestError> {
     let mut first = 0;
+    let mut known = None;
     while first < trees.len() {
         let mut end = first + 1;
         let mut nodes = trees[first].len();
@@ -766,8 +769,10 @@ fn for_each_flat_group(
             nodes += trees[end].len();
             end += 1;
         }
-        let group = FlatGroup::new(&trees[first..end], first, n_features, purpose)?;
+        // Laid out against the table of the group before, whose coded rows then serve it.
+        let group = FlatGroup::new(&trees[first..end], first, n_features, purpose, known)?;
         walk(first, &group);
+        known = group.ranks();
         first = end;
     }
     Ok(())
@@ -793,19 +798,28 @@ fn mean_positive_probability(
     let values = row_major(&x);
     let mut out = vec![0.0; x.nrows()];
     let task_rows = rows_per_task(x.nrows(), n_features, PREDICT_TASK_VALUES);
+    let mut coded: Option<RowCodes> = None;
     for_each_flat_group(
         trees,
         n_features,
         group_nodes,
         Purpose::Predictions,
         |_, group| {
+            coded = group.code_rows(&values, coded.take());
             out.par_chunks_mut(task_rows)
                 .enumerate()
                 .for_each(|(task, out)| {
                     // The group's trees walk the task's rows one tree after the other
                     // (`rows_per_task` says why). Each row still sums its trees in tree order,
                     // so the result is the same bit for bit.
-                    group.add_leaf_values(&values[task * task_rows * n_features..], out);
+                    group.add_leaf_values(
+                        TaskRows {
+                            values: &values,
+                            coded: coded.as_ref(),
+                            first_row: task * task_rows,
+                        },
+                        out,
+                    );
                 });
         },
     )?;
@@ -826,6 +840,7 @@ fn contributions_of(
     let mut flat = vec![0.0; n_rows * n_features];
     let mut sums = vec![0.0; n_rows];
     let task_rows = rows_per_task(n_rows, n_features, CONTRIBUTION_TASK_VALUES);
+    let mut coded: Option<RowCodes> = None;
     for_each_flat_group(
         trees,
         n_features,
@@ -842,6 +857,7 @@ fn contributions_of(
                 }
                 return;
             }
+            coded = group.code_rows(&values, coded.take());
             flat.par_chunks_mut(task_rows * n_features)
                 .zip(sums.par_chunks_mut(task_rows))
                 .enumerate()
@@ -850,7 +866,11 @@ fn contributions_of(
                     // additions in tree order, then path order, and its sum its leaves in
                     // tree order.
                     group.add_path_contributions(
-                        &values[task * task_rows * n_features..],
+                        TaskRows {
+                            values: &values,
+                            coded: coded.as_ref(),
+                            first_row: task * task_rows,
+                        },
                         out,
                         sums,
                     );
@@ -958,12 +978,14 @@ fn oob_estimate(
     let mut sums = vec![0.0; x.nrows()];
     let mut counts = vec![0usize; x.nrows()];
     let task_rows = rows_per_task(x.nrows(), n_features, PREDICT_TASK_VALUES);
+    let mut coded: Option<RowCodes> = None;
     for_each_flat_group(
         trees,
         n_features,
         group_nodes,
         Purpose::Predictions,
         |first_tree, group| {
+            coded = group.code_rows(&values, coded.take());
             let in_bag = &in_bag[first_tree..];
             all_sums
                 .par_chunks_mut(task_rows)
@@ -978,7 +1000,11 @@ fn oob_estimate(
                         .collect();
                     // Each row sums its trees, and its out-of-bag trees, in tree order.
                     group.add_leaf_values_and_out_of_bag(
-                        &values[first_row * n_features..],
+                        TaskRows {
+                            values: &values,
+                            coded: coded.as_ref(),
+                            first_row,
+                        },
                         &task_in_bag,
                         all_sums,
                         sums,

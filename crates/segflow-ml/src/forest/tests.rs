@@ -1,4 +1,4 @@
-use super::flat::{FlatGroup, Purpose};
+use super::flat::{FlatGroup, Purpose, RowCodes, TaskRows};
 use super::*;
 use ndarray::{Array2, array};
 use rand::{Rng, SeedableRng};
@@ -961,7 +961,7 @@ fn edge_value_rows() -> Array2<f64> {
 fn rank_codes_send_every_value_where_comparing_it_with_the_threshold_does() -> TestResult {
     let trees = edge_threshold_trees()?;
     let model = forest_of(2, trees);
-    assert!(FlatGroup::new(&model.trees, 0, 2, Purpose::Predictions)?.is_rank_coded());
+    assert!(FlatGroup::new(&model.trees, 0, 2, Purpose::Predictions, None)?.is_rank_coded());
     let x = edge_value_rows();
     assert_same_bits(
         &model.predict_proba(x.view())?,
@@ -1018,9 +1018,27 @@ fn assert_group_matches_reference(
     trees: &[Tree],
     x: &Array2<f64>,
 ) -> TestResult {
+    assert_group_with_codes_matches_reference(group, None, trees, x)
+}
+
+/// [`assert_group_matches_reference`], the walks reading `coded` (rows coded for this or an
+/// earlier group) when given.
+fn assert_group_with_codes_matches_reference(
+    group: &FlatGroup<'_>,
+    coded: Option<&RowCodes>,
+    trees: &[Tree],
+    x: &Array2<f64>,
+) -> TestResult {
     let rows = x.as_slice().ok_or("row-major rows")?;
     let mut sums = vec![0.0; x.nrows()];
-    group.add_leaf_values(rows, &mut sums);
+    group.add_leaf_values(
+        TaskRows {
+            values: rows,
+            coded,
+            first_row: 0,
+        },
+        &mut sums,
+    );
     assert_same_bits(&sums, &reference_leaf_sums(trees, x), "leaf sums");
 
     let mut rng = ChaCha8Rng::seed_from_u64(31);
@@ -1033,7 +1051,11 @@ fn assert_group_matches_reference(
     let mut out_of_bag_sums = vec![0.0; x.nrows()];
     let mut counts = vec![0; x.nrows()];
     group.add_leaf_values_and_out_of_bag(
-        rows,
+        TaskRows {
+            values: rows,
+            coded,
+            first_row: 0,
+        },
         &in_bag_views,
         &mut all_sums,
         &mut out_of_bag_sums,
@@ -1052,7 +1074,15 @@ fn assert_group_matches_reference(
     // `contributions_of` does (multiplying the reference back would not give the same bits).
     let mut per_feature = vec![0.0; x.len()];
     let mut path_end_sums = vec![0.0; x.nrows()];
-    group.add_path_contributions(rows, &mut per_feature, &mut path_end_sums);
+    group.add_path_contributions(
+        TaskRows {
+            values: rows,
+            coded,
+            first_row: 0,
+        },
+        &mut per_feature,
+        &mut path_end_sums,
+    );
     per_feature
         .iter_mut()
         .for_each(|value| *value /= trees.len() as f64);
@@ -1101,6 +1131,57 @@ fn a_group_laid_out_plainly_adds_the_same_bits_as_a_rank_coded_one() -> TestResu
 }
 
 #[test]
+fn rows_coded_once_serve_every_later_group_whose_thresholds_the_table_holds() -> TestResult {
+    let (x, y) = planted_with_missing(1500, 5, 43);
+    let (x_test, _) = planted_with_missing(203, 5, 44);
+    let rows = x_test.as_slice().ok_or("row-major rows")?;
+    let model = forest(ForestParams::new().n_trees(6).seed(11), &x, &y)?;
+    let (first, second) = model.trees.split_at(3);
+    for purpose in [Purpose::Predictions, Purpose::Contributions] {
+        let first_group = FlatGroup::new(first, 0, 5, purpose, None)?;
+        // The second group's table is the first one's, or the first one's merged with its own.
+        let second_group = FlatGroup::new(second, 3, 5, purpose, first_group.ranks())?;
+        let coded = second_group.code_rows(rows, first_group.code_rows(rows, None));
+        assert_group_with_codes_matches_reference(&second_group, coded.as_ref(), second, &x_test)?;
+        // The merged table holds every threshold of the first trees: laid out against it, they
+        // share it, and walk the rows coded for the second group, whose table has thresholds
+        // their own lacks.
+        let first_again = FlatGroup::new(first, 0, 5, purpose, second_group.ranks())?;
+        let (shared, merged) = (
+            first_again.ranks().ok_or("rank-coded")?,
+            second_group.ranks().ok_or("rank-coded")?,
+        );
+        assert!(
+            *first_group.ranks().ok_or("rank-coded")? != *merged,
+            "{purpose:?}: the second trees split on thresholds the first do not"
+        );
+        assert!(
+            std::sync::Arc::ptr_eq(&shared, &merged),
+            "{purpose:?}: the table is shared"
+        );
+        let coded = first_again.code_rows(rows, coded);
+        assert_group_with_codes_matches_reference(&first_again, coded.as_ref(), first, &x_test)?;
+
+        // A task's walk reads its own rows' codes.
+        let mut sums = vec![0.0; x_test.nrows() - 7];
+        first_again.add_leaf_values(
+            TaskRows {
+                values: rows,
+                coded: coded.as_ref(),
+                first_row: 7,
+            },
+            &mut sums,
+        );
+        assert_same_bits(
+            &sums,
+            &reference_leaf_sums(first, &x_test)[7..],
+            "sums from row 7",
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_model_with_more_features_than_a_u16_numbers_predicts_plainly() -> TestResult {
     let n_features = usize::from(u16::MAX) + 1;
     let last = u32::from(u16::MAX);
@@ -1112,7 +1193,9 @@ fn a_model_with_more_features_than_a_u16_numbers_predicts_plainly() -> TestResul
         leaf(&[0.2, 0.8]),
     ])?;
     let model = forest_of(n_features, vec![tree]);
-    assert!(!FlatGroup::new(&model.trees, 0, n_features, Purpose::Predictions)?.is_rank_coded());
+    assert!(
+        !FlatGroup::new(&model.trees, 0, n_features, Purpose::Predictions, None)?.is_rank_coded()
+    );
     let mut x = Array2::zeros((9, n_features));
     for (row, values) in [(1, (-2.0, 0.0)), (2, (0.0, 1.0)), (3, (f64::NAN, f64::NAN))] {
         x[[row, 0]] = values.0;
