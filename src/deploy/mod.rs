@@ -67,6 +67,9 @@ pub async fn score(model_path: &Path, input: &Path, output: &Path, run_id: &str,
     if engine_options.engine != Engine::Local {
         return score_on_cluster(&model, model_path, input, output, run_id, engine_options).await;
     }
+    // Laid out once for every block, the stored trees dropped.
+    let scorer = model.into_scorer().map_err(DeployError::Invalid)?;
+    let model = scorer.model();
     let (session, frame, what) = input_frame(input, &model.id_column, &model.preparation, engine_options).await?;
     let features: Vec<(&str, FeatureKind)> = model.preparation.features().iter().map(|f| (f.name(), f.kind())).collect();
     let (numeric, categorical) = of_kinds(&features);
@@ -76,7 +79,7 @@ pub async fn score(model_path: &Path, input: &Path, output: &Path, run_id: &str,
     // A block of customers at a time, so that only the model and one block are in memory.
     let read = for_each_feature_block(frame, &model.id_column, &numeric, &categorical, &what, churn::SCORE_BLOCK_ROWS, |block, first_row| {
         let text = text_views(&block);
-        let scores = model.score_block(&feature_columns(&block, &text, &features), first_row).map_err(|e| match e {
+        let scores = scorer.score_block(&feature_columns(&block, &text, &features), first_row).map_err(|e| match e {
             churn::BlockScoreError::Values(e) => format!("{what}: {e}"),
             churn::BlockScoreError::Model(e) => {
                 let message = format!("scoring input {}: {e}", input.display());

@@ -687,6 +687,39 @@ impl<'t> FlatGroup<'t> {
         Ok(FlatGroup { n_features, layout })
     }
 
+    /// The group holding its own copy of every positive-class fraction it reads, so it no
+    /// longer borrows the stored trees (a group laid out for contributions already does).
+    pub(super) fn into_owned(self) -> FlatGroup<'static> {
+        fn owned<N>(trees: Vec<FlatTree<'_, N>>) -> Vec<FlatTree<'static, N>> {
+            trees
+                .into_iter()
+                .map(|tree| {
+                    let fractions = match tree.positive_fractions {
+                        PositiveFractions::Copied(fractions) => fractions,
+                        stored => (0..tree.nodes.len()).map(|node| stored.at(node)).collect(),
+                    };
+                    FlatTree {
+                        nodes: tree.nodes,
+                        positive_fractions: PositiveFractions::Copied(fractions),
+                    }
+                })
+                .collect()
+        }
+        let layout = match self.layout {
+            Layout::Ranked { ranks, trees } => Layout::Ranked {
+                ranks,
+                trees: owned(trees),
+            },
+            Layout::Plain { trees } => Layout::Plain {
+                trees: owned(trees),
+            },
+        };
+        FlatGroup {
+            n_features: self.n_features,
+            layout,
+        }
+    }
+
     /// Whether the group is rank-coded (the alternative being the plain layout).
     #[cfg(test)]
     pub(super) fn is_rank_coded(&self) -> bool {

@@ -1182,6 +1182,45 @@ fn rows_coded_once_serve_every_later_group_whose_thresholds_the_table_holds() ->
 }
 
 #[test]
+fn a_forest_laid_out_once_for_contributions_gives_the_same_bits_without_its_trees() -> TestResult {
+    let (x, y) = planted_with_missing(1500, 5, 45);
+    let (x_test, _) = planted_with_missing(211, 5, 46);
+    let model = forest(ForestParams::new().n_trees(7).seed(13), &x, &y)?;
+    let expected = model.contributions(x_test.view())?;
+    let largest = model.trees.iter().map(Tree::len).max().unwrap_or(0);
+    let all_nodes: usize = model.trees.iter().map(Tree::len).sum();
+    for group_nodes in [1, largest, 2 * largest + 1, all_nodes] {
+        let layout = model
+            .clone()
+            .into_contribution_layout_in_groups(group_nodes)?;
+        let what = format!("groups of {group_nodes} nodes");
+        // Two calls, as two score blocks: the layout is walked again, not consumed.
+        for _ in 0..2 {
+            let laid_out = layout.contributions(x_test.view())?;
+            assert_same_bits(&[laid_out.bias], &[expected.bias], &format!("bias, {what}"));
+            assert_same_bits(
+                &laid_out.per_feature,
+                &expected.per_feature,
+                &format!("contributions, {what}"),
+            );
+            assert_same_bits(
+                &laid_out.probabilities,
+                &expected.probabilities,
+                &format!("probabilities, {what}"),
+            );
+        }
+        assert!(matches!(
+            layout.contributions(x_test.slice(ndarray::s![.., ..4])),
+            Err(ForestError::FeatureCountMismatch {
+                expected: 5,
+                found: 4
+            })
+        ));
+    }
+    Ok(())
+}
+
+#[test]
 fn a_model_with_more_features_than_a_u16_numbers_predicts_plainly() -> TestResult {
     let n_features = usize::from(u16::MAX) + 1;
     let last = u32::from(u16::MAX);
