@@ -788,6 +788,27 @@ fn for_each_flat_group(
 ) -> Result<(), ForestError> {
     let mut first = 0;
     let mut known = None;
+    for size in flat_group_sizes(trees, group_nodes) {
+        // Laid out against the table of the group before, whose coded rows then serve it.
+        let group = FlatGroup::new(
+            &trees[first..first + size],
+            first,
+            n_features,
+            purpose,
+            known,
+        )?;
+        walk(first, &group);
+        known = group.ranks();
+        first += size;
+    }
+    Ok(())
+}
+
+/// How many trees each group of consecutive `trees` holds, in tree order: as many as fit in
+/// `group_nodes` nodes, and at least one.
+fn flat_group_sizes(trees: &[Tree], group_nodes: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut first = 0;
     while first < trees.len() {
         let mut end = first + 1;
         let mut nodes = trees[first].len();
@@ -795,13 +816,10 @@ fn for_each_flat_group(
             nodes += trees[end].len();
             end += 1;
         }
-        // Laid out against the table of the group before, whose coded rows then serve it.
-        let group = FlatGroup::new(&trees[first..end], first, n_features, purpose, known)?;
-        walk(first, &group);
-        known = group.ranks();
+        sizes.push(end - first);
         first = end;
     }
-    Ok(())
+    sizes
 }
 
 /// `x` as one row-major slice (row `r` is `r * ncols..(r + 1) * ncols`): borrowed when the view
@@ -1002,15 +1020,11 @@ impl RandomForest {
         let (n_features, n_trees) = (self.n_features, self.trees.len());
         let mut groups = Vec::new();
         let mut known = None;
-        let mut trees = self.trees.into_iter().peekable();
+        let sizes = flat_group_sizes(&self.trees, group_nodes);
+        let mut trees = self.trees.into_iter();
         let mut first = 0;
-        while let Some(tree) = trees.next() {
-            let mut nodes = tree.len();
-            let mut group_trees = vec![tree];
-            while let Some(next) = trees.next_if(|next| nodes + next.len() <= group_nodes) {
-                nodes += next.len();
-                group_trees.push(next);
-            }
+        for size in sizes {
+            let group_trees: Vec<Tree> = trees.by_ref().take(size).collect();
             let group = FlatGroup::new(
                 &group_trees,
                 first,

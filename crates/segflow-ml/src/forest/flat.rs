@@ -1114,17 +1114,31 @@ impl<N: FlatNode> FlatTree<'_, N> {
     /// Adds to `sums[i]` the positive-class fraction of the leaf that row `i` of `rows`
     /// (row-major, `n_features` wide) falls into.
     fn add_leaf_values(&self, rows: &[N::Value], n_features: usize, sums: &mut [f64]) {
-        let lockstep_rows = Self::lockstep_rows(sums.len(), n_features);
-        let (lockstep_sums, other_sums) = sums.split_at_mut(lockstep_rows);
-        for (lanes, sums) in lockstep_sums.chunks_exact_mut(LANES).enumerate() {
-            let leaves = self.lockstep_leaves(&rows[lanes * LANES * n_features..], n_features);
-            for (sum, leaf) in sums.iter_mut().zip(leaves) {
-                *sum += self.positive_fractions.at(leaf);
+        self.for_each_leaf(rows, n_features, sums.len(), |row, leaf| {
+            sums[row] += self.positive_fractions.at(leaf);
+        });
+    }
+
+    /// Calls `reached(i, leaf)`, `i` ascending, with the leaf each of the first `n_rows` rows of
+    /// `rows` (row-major, `n_features` wide) falls into: `LANES` rows at a time in lockstep,
+    /// the last ones (fewer than a lockstep group) one at a time.
+    #[inline(always)]
+    fn for_each_leaf(
+        &self,
+        rows: &[N::Value],
+        n_features: usize,
+        n_rows: usize,
+        mut reached: impl FnMut(usize, usize),
+    ) {
+        let lockstep_rows = Self::lockstep_rows(n_rows, n_features);
+        for first in (0..lockstep_rows).step_by(LANES) {
+            let leaves = self.lockstep_leaves(&rows[first * n_features..], n_features);
+            for (row, leaf) in (first..).zip(leaves) {
+                reached(row, leaf);
             }
         }
-        for (offset, sum) in other_sums.iter_mut().enumerate() {
-            let row = &rows[(lockstep_rows + offset) * n_features..][..n_features];
-            *sum += self.positive_fractions.at(self.leaf_of(row));
+        for row in lockstep_rows..n_rows {
+            reached(row, self.leaf_of(&rows[row * n_features..][..n_features]));
         }
     }
 
@@ -1140,25 +1154,14 @@ impl<N: FlatNode> FlatTree<'_, N> {
         out_of_bag_sums: &mut [f64],
         counts: &mut [usize],
     ) {
-        let n_rows = sums.len();
-        let mut add = |row: usize, leaf: usize| {
+        self.for_each_leaf(rows, n_features, sums.len(), |row, leaf| {
             let value = self.positive_fractions.at(leaf);
             sums[row] += value;
             if !in_bag[row] {
                 out_of_bag_sums[row] += value;
                 counts[row] += 1;
             }
-        };
-        let lockstep_rows = Self::lockstep_rows(n_rows, n_features);
-        for first in (0..lockstep_rows).step_by(LANES) {
-            let leaves = self.lockstep_leaves(&rows[first * n_features..], n_features);
-            for (row, leaf) in (first..).zip(leaves) {
-                add(row, leaf);
-            }
-        }
-        for row in lockstep_rows..n_rows {
-            add(row, self.leaf_of(&rows[row * n_features..][..n_features]));
-        }
+        });
     }
 
     /// Adds, along each row's path, each step's change in positive-class fraction (child minus
