@@ -8,7 +8,8 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use std::num::NonZeroUsize;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -137,7 +138,8 @@ fn session_state(options: &EngineOptions) -> Result<datafusion::execution::sessi
         None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
     };
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
+        // A query that runs out of memory names the operators holding the most of it.
+        .with_memory_pool(Arc::new(TrackConsumersPool::new(FairSpillPool::new(options.memory_limit), NonZeroUsize::new(5).expect("5 is not zero"))))
         .with_disk_manager_builder(disk)
         .build_arc()?;
     // Ballista 55's adaptive planner (its default) loses a job whose executor dies mid-run:
@@ -265,4 +267,21 @@ pub fn describe_datafusion_error(e: &DataFusionError) -> String {
         text = rest.to_string();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_query_out_of_memory_names_the_operators_holding_it() {
+        // A hash join's build side cannot spill: on a 1 MiB pool, a million build rows fail.
+        let options = EngineOptions { memory_limit: 1 << 20, threads: 1, ..Default::default() };
+        let session = session(&options).unwrap();
+        let sql = "SELECT COUNT(*) FROM generate_series(1, 1000000) a JOIN generate_series(1, 1000000) b ON a.value = b.value";
+        let error = session.sql(sql).await.unwrap().collect().await.unwrap_err().to_string();
+        assert!(error.contains("Resources exhausted"), "{error}");
+        assert!(error.contains("top memory consumers"), "{error}");
+        assert!(error.contains("HashJoinInput"), "{error}");
+    }
 }
