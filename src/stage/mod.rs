@@ -224,7 +224,7 @@ impl StageContext<'_> {
 /// What the operators of an executed plan spilled to disk, summed over the plan. A sort or
 /// aggregation that outgrows its share of the memory pool writes sorted runs and merges them
 /// back: the usual reason a stage slows more than its data grows, which a task log should
-/// show (the 10M demo's exact dedup spills 0.7 GB in 6 files, 100M's 7.2 GB in 46).
+/// show (the 10M demo's exact dedup spills 0.7 GB in 4 to 6 files, 100M's 7.2 GB in 45 or 46).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Spilled {
     files: usize,
