@@ -9,10 +9,13 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::TrackConsumersPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+mod pool;
+use pool::HoldersFairPool;
 
 /// Runtime knobs of the engine. What a pipeline computes lives in its YAML; how hard the
 /// machine works on it lives here.
@@ -78,7 +81,7 @@ pub fn default_memory_limit() -> usize {
     total / 2
 }
 
-/// Builds the session: `threads` target partitions, a fair spilling memory pool of
+/// Builds the session: `threads` target partitions, a memory pool of
 /// `memory_limit` bytes, spill files on disk, and SQL spans collected so errors can point at a
 /// line and column.
 pub fn session(options: &EngineOptions) -> Result<SessionContext, DataFusionError> {
@@ -138,8 +141,9 @@ fn session_state(options: &EngineOptions) -> Result<datafusion::execution::sessi
         None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
     };
     let runtime = RuntimeEnvBuilder::new()
-        // A query that runs out of memory names the operators holding the most of it.
-        .with_memory_pool(Arc::new(TrackConsumersPool::new(FairSpillPool::new(options.memory_limit), NonZeroUsize::new(5).expect("5 is not zero"))))
+        // Spilling operators share the limit fairly among those holding memory (see `pool`), and
+        // a query that runs out of memory names the operators holding the most of it.
+        .with_memory_pool(Arc::new(TrackConsumersPool::new(HoldersFairPool::new(options.memory_limit), NonZeroUsize::new(5).expect("5 is not zero"))))
         .with_disk_manager_builder(disk)
         .build_arc()?;
     // Ballista 55's adaptive planner (its default) loses a job whose executor dies mid-run:
@@ -266,22 +270,62 @@ pub fn describe_datafusion_error(e: &DataFusionError) -> String {
     while let Some(rest) = PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
         text = rest.to_string();
     }
+    // The operators listed say where the memory went; the one who reads this needs to know
+    // what to change.
+    if matches!(root, DataFusionError::ResourcesExhausted(_)) {
+        text.push_str("\nThe query engine needed more memory than `--memory-limit` gives it (default: half of physical memory): raise the limit.");
+    }
     text
 }
 
 #[cfg(test)]
 mod tests {
+    use datafusion::execution::memory_pool::{FairSpillPool, MemoryConsumer};
+
     use super::*;
 
     #[tokio::test]
-    async fn a_query_out_of_memory_names_the_operators_holding_it() {
+    async fn a_query_out_of_memory_names_the_operators_holding_it_and_the_option_that_gives_it_more() {
         // A hash join's build side cannot spill: on a 1 MiB pool, a million build rows fail.
         let options = EngineOptions { memory_limit: 1 << 20, threads: 1, ..Default::default() };
         let session = session(&options).unwrap();
         let sql = "SELECT COUNT(*) FROM generate_series(1, 1000000) a JOIN generate_series(1, 1000000) b ON a.value = b.value";
-        let error = session.sql(sql).await.unwrap().collect().await.unwrap_err().to_string();
-        assert!(error.contains("Resources exhausted"), "{error}");
-        assert!(error.contains("top memory consumers"), "{error}");
-        assert!(error.contains("HashJoinInput"), "{error}");
+        let error = session.sql(sql).await.unwrap().collect().await.unwrap_err();
+        let described = describe_datafusion_error(&error);
+        assert!(described.contains("Resources exhausted"), "{described}");
+        assert!(described.contains("top memory consumers"), "{described}");
+        assert!(described.contains("HashJoinInput"), "{described}");
+        assert!(described.ends_with("`--memory-limit` gives it (default: half of physical memory): raise the limit."), "{described}");
+    }
+
+    /// Runs `sql` in `session` beside `idle` spilling operators registered on its memory pool
+    /// (what the operators of a plan are until their input arrives): the rows it gave and what
+    /// it spilled.
+    async fn run_beside_idle_operators(session: &SessionContext, idle: usize, sql: &str) -> Result<(usize, crate::stage::Spilled), DataFusionError> {
+        let pool = &session.runtime_env().memory_pool;
+        let _idle: Vec<_> = (0..idle).map(|i| MemoryConsumer::new(format!("idle {i}")).with_can_spill(true).register(pool)).collect();
+        let frame = session.sql(sql).await?;
+        let task_context = Arc::new(frame.task_ctx());
+        let plan = frame.create_physical_plan().await?;
+        let batches = datafusion::physical_plan::collect(plan.clone(), task_context).await?;
+        Ok((batches.iter().map(|b| b.num_rows()).sum(), crate::stage::Spilled::of(plan.as_ref())))
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_that_spills_and_replays_its_spills_finishes_beside_idle_operators_of_other_plans() {
+        // 500,000 groups with string keys and a distinct count: more than 64 MiB to aggregate.
+        let sql = "SELECT k, COUNT(DISTINCT m), SUM(v), MIN(v) FROM (SELECT concat('invoice-', CAST(value % 500000 AS VARCHAR)) AS k, value % 13 AS m, value AS v FROM generate_series(1, 2000000)) GROUP BY k";
+        let limit = 64 << 20;
+        let options = EngineOptions { memory_limit: limit, threads: 2, ..Default::default() };
+        let (rows, spilled) = run_beside_idle_operators(&session(&options).unwrap(), 20, sql).await.unwrap();
+        assert_eq!(rows, 500_000);
+        assert!(spilled.files > 1, "the aggregate should have spilled and replayed its spills: {spilled:?}");
+
+        // With DataFusion's FairSpillPool each operator gets a 22nd of the pool, idle or not,
+        // and the same query fails while it replays (apache/datafusion#25383).
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limit))).build_arc().unwrap();
+        let fair = SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(2), runtime);
+        let error = run_beside_idle_operators(&fair, 20, sql).await.unwrap_err().to_string();
+        assert!(error.contains("Resources exhausted") && error.contains("FinalHashAggregateStream"), "{error}");
     }
 }

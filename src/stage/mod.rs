@@ -226,14 +226,14 @@ impl StageContext<'_> {
 /// back: the usual reason a stage slows more than its data grows, which a task log should
 /// show (the 10M demo's exact dedup spills 0.7 GB in 4 to 6 files, 100M's 7.2 GB in 45 or 46).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Spilled {
-    files: usize,
-    bytes: usize,
-    rows: usize,
+pub(crate) struct Spilled {
+    pub(crate) files: usize,
+    pub(crate) bytes: usize,
+    pub(crate) rows: usize,
 }
 
 impl Spilled {
-    fn of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Spilled {
+    pub(crate) fn of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Spilled {
         let own = plan.metrics().map_or_else(Spilled::default, |metrics| Spilled {
             files: metrics.spill_count().unwrap_or(0),
             bytes: metrics.spilled_bytes().unwrap_or(0),
