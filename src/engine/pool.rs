@@ -111,14 +111,14 @@ impl MemoryPool for HoldersFairPool {
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
         let mut held = self.held();
         let consumer = reservation.consumer();
-        let available = if consumer.can_spill() {
+        let (already, available) = if consumer.can_spill() {
             let holds_memory = held.by_spiller.contains_key(&consumer.id());
             let holders = held.by_spiller.len() + usize::from(!holds_memory);
-            self.limit.saturating_sub(held.unspillable) / holders
+            (reservation.size(), self.limit.saturating_sub(held.unspillable) / holders)
         } else {
-            self.limit.saturating_sub(held.unspillable)
+            // What the spillers hold they give back at their next request (see the rules).
+            (0, self.limit.saturating_sub(held.unspillable))
         };
-        let already = if consumer.can_spill() { reservation.size() } else { 0 };
         if already + additional > available {
             drop(held); // Display locks it again.
             // `ResourcesExhausted` is what tells a spilling operator to spill and retry.
