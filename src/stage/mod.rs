@@ -107,10 +107,12 @@ pub struct StageContext<'a> {
 }
 
 impl StageContext<'_> {
-    /// A frame over rows a stage computed in memory (a model's output).
+    /// A frame over rows a stage computed in memory (a model's output), in batches of the
+    /// session's batch size ([`in_batches`]).
     pub async fn frame_of(&self, name: &str, batch: RecordBatch) -> Result<DataFrame, StageFailure> {
         let Some(scratch) = self.scratch.filter(|_| self.distributed) else {
-            return Ok(self.session.read_batch(batch)?);
+            let batches = in_batches(batch, self.session.state().config().batch_size()).map_err(|e| StageFailure { message: format!("handing `{name}` to the query engine: {e}") })?;
+            return Ok(self.session.read_batches(batches)?);
         };
         let schema = batch.schema();
         let path = scratch.join(format!("{name}.parquet"));
@@ -219,6 +221,33 @@ impl StageContext<'_> {
             .collect();
         Ok(self.session.table(table).await?.select(columns)?)
     }
+}
+
+/// `batch` as batches of at most `rows` rows, each with buffers of its own. The sort before a
+/// table is written reserves memory a batch at a time and cannot split one: the churn scores
+/// as one batch asked it for 29.7 MB at once at 10M lines (about 300 MB at 100M), more than a
+/// sort's share of a small pool. Slices would not do, as Arrow counts a slice at the size of
+/// the buffers it points into; the rows are copied column by column, so at most one column is
+/// held twice.
+fn in_batches(batch: RecordBatch, rows: usize) -> Result<Vec<RecordBatch>, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{ArrayRef, MutableArrayData, make_array};
+    let total = batch.num_rows();
+    if total <= rows || rows == 0 {
+        return Ok(vec![batch]);
+    }
+    let (schema, columns, _) = batch.into_parts();
+    let starts: Vec<usize> = (0..total).step_by(rows).collect();
+    let mut chunks: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(columns.len()); starts.len()];
+    for column in columns {
+        let data = column.to_data();
+        for (chunk, &start) in chunks.iter_mut().zip(&starts) {
+            let mut copy = MutableArrayData::new(vec![&data], false, rows.min(total - start));
+            copy.try_extend(0, start, (start + rows).min(total))?;
+            chunk.push(make_array(copy.freeze()));
+        }
+        // `column` goes here: its buffers are freed once each chunk holds its copy.
+    }
+    chunks.into_iter().map(|columns| RecordBatch::try_new(schema.clone(), columns)).collect()
 }
 
 /// What the operators of an executed plan spilled to disk, summed over the plan. A sort or
@@ -492,6 +521,22 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), before);
+    }
+
+    #[test]
+    fn rows_handed_to_the_engine_come_in_batches_of_their_own_in_order() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(0..20_000));
+        let names: ArrayRef = Arc::new(StringArray::from_iter_values((0..20_000).map(|i| format!("customer {i}"))));
+        let batch = RecordBatch::try_from_iter([("id", ids), ("name", names)]).unwrap();
+        let whole_size = batch.get_array_memory_size();
+        let batches = in_batches(batch.clone(), 8192).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), [8192, 8192, 3616]);
+        assert_eq!(datafusion::arrow::compute::concat_batches(&batch.schema(), &batches).unwrap(), batch);
+        // Each batch counts its own rows: slices would each count the whole buffers.
+        let sizes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        assert!(sizes < whole_size * 3 / 2, "{sizes} bytes in batches of a {whole_size}-byte batch");
+        assert_eq!(in_batches(batch.clone(), 20_000).unwrap(), [batch]);
     }
 
     /// Sorts `rows` integers under `memory_limit`: what the plan spilled, and the rows it gave.
