@@ -304,11 +304,8 @@ mod tests {
     async fn run_beside_idle_operators(session: &SessionContext, idle: usize, sql: &str) -> Result<(usize, crate::stage::Spilled), DataFusionError> {
         let pool = &session.runtime_env().memory_pool;
         let _idle: Vec<_> = (0..idle).map(|i| MemoryConsumer::new(format!("idle {i}")).with_can_spill(true).register(pool)).collect();
-        let frame = session.sql(sql).await?;
-        let task_context = Arc::new(frame.task_ctx());
-        let plan = frame.create_physical_plan().await?;
-        let batches = datafusion::physical_plan::collect(plan.clone(), task_context).await?;
-        Ok((batches.iter().map(|b| b.num_rows()).sum(), crate::stage::Spilled::of(plan.as_ref())))
+        let (batches, spilled) = crate::stage::Spilled::collecting(session.sql(sql).await?).await?;
+        Ok((batches.iter().map(|b| b.num_rows()).sum(), spilled))
     }
 
     #[tokio::test]

@@ -273,6 +273,15 @@ impl Spilled {
             Spilled { files: total.files + child.files, bytes: total.bytes + child.bytes, rows: total.rows + child.rows }
         })
     }
+
+    /// Runs `frame` to its end: its rows, and what its plan spilled.
+    #[cfg(test)]
+    pub(crate) async fn collecting(frame: DataFrame) -> Result<(Vec<RecordBatch>, Spilled), datafusion::error::DataFusionError> {
+        let task_context = Arc::new(frame.task_ctx());
+        let plan = frame.create_physical_plan().await?;
+        let batches = datafusion::physical_plan::collect(plan.clone(), task_context).await?;
+        Ok((batches, Spilled::of(plan.as_ref())))
+    }
 }
 
 /// [`StageContext::materialize`] holds rows in memory up to this share of the engine's memory
@@ -544,14 +553,12 @@ mod tests {
         let options = crate::engine::EngineOptions { memory_limit, threads: 1, ..Default::default() };
         let session = crate::engine::session(&options).unwrap();
         let frame = session.sql(&format!("SELECT value FROM generate_series(1, {rows}) ORDER BY value DESC")).await.unwrap();
-        let task_context = Arc::new(frame.task_ctx());
-        let plan = frame.create_physical_plan().await.unwrap();
-        let batches = datafusion::physical_plan::collect(plan.clone(), task_context).await.unwrap();
+        let (batches, spilled) = Spilled::collecting(frame).await.unwrap();
         let values = batches
             .iter()
             .flat_map(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().values().to_vec())
             .collect();
-        (Spilled::of(plan.as_ref()), values)
+        (spilled, values)
     }
 
     #[tokio::test]
