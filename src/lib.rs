@@ -14,6 +14,7 @@ pub mod error;
 pub mod evaluation;
 pub mod graph;
 pub mod lock;
+pub mod memory;
 /// The model kernels, from their own crate (crates/segflow-ml).
 pub use segflow_ml as ml;
 pub mod plan;

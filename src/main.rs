@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use segflow::cli::{self, Cli, LogFormat};
 use segflow::error::{EXIT_OK, EXIT_RUN_FAILED};
+use segflow::memory;
 
 fn main() -> ExitCode {
+    // Before anything else: this may start the program again (same process, same arguments).
+    memory::restart_with_huge_pages();
     // clap exits with 2 on a usage error, 0 on --help: both as documented.
     let cli = Cli::parse();
-    large_allocations_are_returned_when_freed();
+    memory::return_large_blocks_when_freed();
     init_logging(cli.log_format, cli.verbose);
     let threads = match &cli.command {
         cli::Command::Run { engine, .. } | cli::Command::Assign { engine, .. } | cli::Command::Score { engine, .. } => engine.threads,
@@ -124,17 +127,4 @@ impl log::Log for LogToTracing {
     }
 
     fn flush(&self) {}
-}
-
-/// Blocks of 1 MiB and more get a memory mapping of their own, given back to the system when
-/// freed. glibc's own threshold starts at 128 KiB and rises (to 32 MiB) each time such a block
-/// is freed, after which the blocks a forest is grown with (24 MB of nodes and row indices per
-/// tree at 1.7M customers) come from the heap and stay resident once freed. Measured on the
-/// 10M-line pipeline, alternating: peak RSS 1,105 / 1,112 MiB against 1,318 / 1,331 MiB.
-fn large_allocations_are_returned_when_freed() {
-    // SAFETY: mallopt only sets an allocator parameter, here before any other thread runs.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
 }
