@@ -10,10 +10,11 @@
 //! starts: so segflow, started without it on such a kernel, starts itself again with it
 //! ([`restart_with_huge_pages`]), once, before anything else happens.
 //!
-//! Measured (README, Benchmarks, run (q)): the 100M demo pipeline 336.7 s against 358–361 s,
-//! the 10M one 29.4–30.4 s against 30.7–32.3 s, the same peak RSS and the same output bytes.
-//! A block-by-block `madvise` from our own global allocator (2 MiB blocks and larger) gained
-//! a third of that: most of the engine's memory is small blocks in glibc's per-thread heaps.
+//! Measured (README, Benchmarks, session 15): the 100M demo pipeline 333.9 and 322.5 s against
+//! 354–361 s before, the same peak RSS and the same output bytes; at 10M 29.9–32.2 s against
+//! 30.7–32.3 s, within the noise. Our own global allocator advising only blocks of 2 MiB and
+//! more gained a third of that (352.1 s): most of the engine's memory is small blocks in
+//! glibc's per-thread heaps.
 //!
 //! `GLIBC_TUNABLES` set with `glibc.malloc.hugetlb` (to 0, say) is left as it is.
 
