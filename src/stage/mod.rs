@@ -263,25 +263,38 @@ pub(crate) struct Spilled {
 
 impl Spilled {
     pub(crate) fn of(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Spilled {
-        let own = plan.metrics().map_or_else(Spilled::default, |metrics| Spilled {
-            files: metrics.spill_count().unwrap_or(0),
-            bytes: metrics.spilled_bytes().unwrap_or(0),
-            rows: metrics.spilled_rows().unwrap_or(0),
-        });
-        plan.children().into_iter().fold(own, |total, child| {
-            let child = Spilled::of(child.as_ref());
-            Spilled { files: total.files + child.files, bytes: total.bytes + child.bytes, rows: total.rows + child.rows }
+        operator_metrics(plan).iter().fold(Spilled::default(), |total, metrics| Spilled {
+            files: total.files + metrics.spill_count().unwrap_or(0),
+            bytes: total.bytes + metrics.spilled_bytes().unwrap_or(0),
+            rows: total.rows + metrics.spilled_rows().unwrap_or(0),
         })
     }
 
     /// Runs `frame` to its end: its rows, and what its plan spilled.
     #[cfg(test)]
     pub(crate) async fn collecting(frame: DataFrame) -> Result<(Vec<RecordBatch>, Spilled), datafusion::error::DataFusionError> {
-        let task_context = Arc::new(frame.task_ctx());
-        let plan = frame.create_physical_plan().await?;
-        let batches = datafusion::physical_plan::collect(plan.clone(), task_context).await?;
+        let (batches, plan) = executed(frame).await?;
         Ok((batches, Spilled::of(plan.as_ref())))
     }
+}
+
+/// The metrics of every operator of `plan` that keeps some, the plan's root first.
+pub(crate) fn operator_metrics(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Vec<datafusion::physical_plan::metrics::MetricsSet> {
+    let mut all: Vec<_> = plan.metrics().into_iter().collect();
+    for child in plan.children() {
+        all.extend(operator_metrics(child.as_ref()));
+    }
+    all
+}
+
+/// Runs `frame` to its end: its rows, and its plan as executed (whose operators' metrics say
+/// what they did, [`operator_metrics`]).
+#[cfg(test)]
+pub(crate) async fn executed(frame: DataFrame) -> Result<(Vec<RecordBatch>, Arc<dyn datafusion::physical_plan::ExecutionPlan>), datafusion::error::DataFusionError> {
+    let task_context = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let batches = datafusion::physical_plan::collect(plan.clone(), task_context).await?;
+    Ok((batches, plan))
 }
 
 /// [`StageContext::materialize`] holds rows in memory up to this share of the engine's memory
