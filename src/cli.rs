@@ -195,6 +195,10 @@ pub struct EngineArgs {
     /// Default: the pipeline's `engine:`, else `local`.
     #[arg(long)]
     pub engine: Option<crate::engine::Engine>,
+    /// Rows per bucket where a clean stage writes its rows in buckets (`bucket_by`); more
+    /// rows than a bucket per thread are bucketed (default: 2000000).
+    #[arg(long)]
+    pub bucket_rows: Option<usize>,
 }
 
 impl EngineArgs {
@@ -208,6 +212,9 @@ impl EngineArgs {
         }
         options.spill_dir = self.spill_dir.clone();
         options.engine = self.engine.clone().unwrap_or_default();
+        if let Some(rows) = self.bucket_rows {
+            options.bucket_rows = rows.max(1);
+        }
         options
     }
 }

@@ -500,6 +500,8 @@ pub async fn check(prepared: Prepared, engine_options: &EngineOptions) -> Result
             output_root: &plan.output_root,
             scratch: None,
             distributed: false,
+            threads: 1,
+            bucket_rows: crate::engine::DEFAULT_BUCKET_ROWS,
         };
         match stage.stage.plan(&ctx).await {
             Ok(results) => {

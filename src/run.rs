@@ -266,6 +266,8 @@ async fn execute_stages(
             output_root: &plan.output_root,
             scratch: Some(&scratch),
             distributed,
+            threads: engine_options.threads,
+            bucket_rows: engine_options.bucket_rows,
         };
         let output = match planned.stage.run(&ctx).await {
             Ok(output) => output,

@@ -29,7 +29,14 @@ pub struct EngineOptions {
     pub spill_dir: Option<PathBuf>,
     /// Where queries execute.
     pub engine: Engine,
+    /// Rows per bucket where a stage writes its rows in buckets (a clean stage's `bucket_by`).
+    pub bucket_rows: usize,
 }
+
+/// Rows per bucket by default: a bucket of transaction lines grouped by invoice and by customer
+/// holds tables of a few hundred thousand groups, which the engine neither spills nor looks up
+/// far outside the processor's caches.
+pub const DEFAULT_BUCKET_ROWS: usize = 2_000_000;
 
 /// Where a run's queries execute.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -57,7 +64,7 @@ impl std::str::FromStr for Engine {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { threads: default_threads(), memory_limit: default_memory_limit(), spill_dir: None, engine: Engine::Local }
+        EngineOptions { threads: default_threads(), memory_limit: default_memory_limit(), spill_dir: None, engine: Engine::Local, bucket_rows: DEFAULT_BUCKET_ROWS }
     }
 }
 
@@ -224,6 +231,24 @@ pub async fn register_parquet(ctx: &SessionContext, name: &str, location: &Input
         let partitions = options.infer_partitions(&state, &url).await?;
         options = options.with_table_partition_cols(partitions.into_iter().map(|c| (c, DataType::Utf8)).collect());
     }
+    let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&state).await?;
+    let table = ListingTable::try_new(config)?;
+    let schema = datafusion::catalog::TableProvider::schema(&table);
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(schema)
+}
+
+/// Registers the bucket files of `folder` (`bucket-00000.parquet` …, one per bucket, written
+/// through DataFusion's own hash repartitioning on `key` into `buckets` partitions) as a table
+/// whose scan says so: partition i reads file i and is declared hash-partitioned on `key`. The
+/// planner then groups by `key` (or by `key` and more) and joins on it without moving rows
+/// between partitions, and a join with another table repartitions only the other side, by the
+/// same hash, when the session plans `buckets` partitions.
+pub async fn register_bucketed_parquet(ctx: &SessionContext, name: &str, folder: &Path, key: &str, buckets: usize) -> Result<SchemaRef, DataFusionError> {
+    let url = InputLocation::Folder(folder.to_path_buf()).url()?;
+    let state = ctx.state();
+    let partitioning = datafusion::logical_expr::Partitioning::Hash(vec![datafusion::logical_expr::ident(key)], buckets);
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet").with_output_partitioning(Some(partitioning));
     let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&state).await?;
     let table = ListingTable::try_new(config)?;
     let schema = datafusion::catalog::TableProvider::schema(&table);

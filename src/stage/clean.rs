@@ -65,6 +65,11 @@ struct CleanParams {
     /// Data tests on the clean rows, in dbt's spirit.
     #[serde(default)]
     tests: Vec<At<DataTest>>,
+    /// The column the stages after this one group and join the clean rows by (a customer id):
+    /// large inputs are written in buckets of that column, and those stages work a bucket at
+    /// a time ([`super::StageContext::materialize_bucketed`]).
+    #[serde(default)]
+    bucket_by: Option<At<String>>,
 }
 
 /// A data test: what must hold of the clean rows, how bad a failure is, and from how many
@@ -319,6 +324,7 @@ struct CleanStage {
     dedup: Option<DedupSpec>,
     pii_key_env: Option<String>,
     tests: Vec<(DataTest, Threshold)>,
+    bucket_by: Option<String>,
 }
 
 impl StageKind for CleanKind {
@@ -385,6 +391,7 @@ impl StageKind for CleanKind {
             dedup: params.dedup,
             pii_key_env: params.pii_key_env.map(|k| k.value),
             tests,
+            bucket_by: params.bucket_by.map(|k| k.value),
         }))
     }
 }
@@ -644,6 +651,12 @@ impl Stage for CleanStage {
                 check(column, "tested column");
             }
         }
+        if let Some(key) = &self.bucket_by {
+            check(key, "bucket_by column");
+            if self.output_column(key, key).is_none() {
+                problems.push(StageProblem { file: None, pos: None, message: format!("bucket_by column `{key}` is dropped (`pii: drop`): the clean rows cannot be bucketed by it"), suggestion: None });
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -727,7 +740,11 @@ impl Stage for CleanStage {
         phases.done("rows counted and classified");
 
         let (clean, rejects) = self.lazy_outputs(ctx, &names, &classified_q).await?;
-        let clean = ctx.materialize("clean", clean).await?;
+        let clean = match &self.bucket_by {
+            // The valid rows bound the rows dedup keeps: they size the buckets.
+            Some(key) => ctx.materialize_bucketed("clean", clean, key, usize::try_from(rows_valid).unwrap_or(0)).await?,
+            None => ctx.materialize("clean", clean).await?,
+        };
         let rows_out = clean.clone().count().await? as i64;
         phases.done("clean rows deduplicated");
         // rows_in = rows_out + rows_rejected + rows_deduplicated holds when every input row was

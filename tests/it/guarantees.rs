@@ -15,16 +15,25 @@ fn one_thread_and_all_threads_write_byte_identical_tables_models_and_reports() {
     let sandbox = crate::churn::demo_sandbox(4_000);
     // The third run's memory limit is too small to hold the cleaned lines (which two SQL
     // stages read) in memory: they go through the scratch folder instead, with the same result.
-    for (root, threads, memory_limit) in [("one", "1", "4GiB"), ("all", "4", "4GiB"), ("scratch", "4", "96MiB")] {
-        let ran = crate::util::segflow_in(sandbox.root(), &["-v", "run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--run-id", "same", "--threads", threads, "--output-root", root, "--memory-limit", memory_limit]);
+    // The fourth writes them in buckets of customers (the demo's `bucket_by`), 15 of about 10,000
+    // lines, and the feature queries run a bucket at a time, with the same result.
+    for (root, threads, memory_limit, bucket_rows) in [("one", "1", "4GiB", "2000000"), ("all", "4", "4GiB", "2000000"), ("scratch", "4", "96MiB", "2000000"), ("buckets", "2", "4GiB", "10000")] {
+        let ran = crate::util::segflow_in(
+            sandbox.root(),
+            &["-v", "run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--run-id", "same", "--threads", threads, "--output-root", root, "--memory-limit", memory_limit, "--bucket-rows", bucket_rows],
+        );
         assert_eq!(ran.code, 0, "{}", ran.stderr);
-        let path = if root == "scratch" { "written to the scratch folder" } else { "held in memory" };
-        assert!(ran.stderr.contains(&format!("rows read more than once {path}")), "{root}: {}", ran.stderr);
+        let path = match root {
+            "scratch" => "rows read more than once written to the scratch folder",
+            "buckets" => "rows written in buckets: the stages after this one work a bucket at a time",
+            _ => "rows read more than once held in memory",
+        };
+        assert!(ran.stderr.contains(path), "{root}: {}", ran.stderr);
     }
     // Everything a reader or reviewer sees; the run record holds timings.
     let files: Vec<String> = files_under(&sandbox.path("one")).into_iter().filter(|f| !f.starts_with("_segflow")).collect();
     assert!(files.len() > 40, "{files:?}");
-    for other in ["all", "scratch"] {
+    for other in ["all", "scratch", "buckets"] {
         assert_eq!(files, files_under(&sandbox.path(other)).into_iter().filter(|f| !f.starts_with("_segflow")).collect::<Vec<_>>());
         for file in &files {
             let (a, b) = (std::fs::read(sandbox.path(&format!("one/{file}"))).unwrap(), std::fs::read(sandbox.path(&format!("{other}/{file}"))).unwrap());
