@@ -51,11 +51,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, RecordBatch};
-use datafusion::arrow::compute::{cast as cast_array, concat_batches};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
-use datafusion::functions_aggregate::expr_fn::{avg, count, sum};
-use datafusion::logical_expr::{cast, ident, lit};
+use datafusion::logical_expr::{cast, ident};
 use datafusion::prelude::JoinType;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::Deserialize;
@@ -1068,45 +1066,65 @@ async fn by_segment(ctx: &StageContext<'_>, scores: &RecordBatch, id: &str, segm
     let session = ctx.session;
     let scored = ctx.frame_of(&format!("{}_scored_for_segments", ctx.stage_name), scores.clone()).await?;
     let assigned = session.table(segments).await?.select(vec![ident(id).alias(SEGMENT_ID_COLUMN), ident("segment")])?;
-    let grouped = scored
+    // The sums are taken here, over the rows in customer id order: a sum of doubles depends on
+    // the order it adds in, and the engine's order follows its partitions (two threads and
+    // five buckets of lines gave sums a unit in the last place apart).
+    let joined = scored
         .join(assigned, JoinType::Inner, &[id], &[SEGMENT_ID_COLUMN], None)?
-        .aggregate(
-            vec![cast(ident("segment"), DataType::Int32).alias("segment")],
-            vec![
-                count(lit(1)).alias("customers"),
-                sum(ident("churn_probability")).alias("expected_churners"),
-                avg(ident("churn_probability")).alias("mean_churn_probability"),
-                sum(cast(ident("predicted_churn"), DataType::Int64)).alias("predicted_churners"),
-                count(ident("churned")).alias("labelled_customers"),
-                avg(cast(ident("churned"), DataType::Float64)).alias("observed_churn_rate"),
-            ],
-        )?
-        .sort(vec![ident("segment").sort(true, false)])?;
-    let batches = grouped.collect().await?;
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
-    let all = concat_batches(&schema, &batches).map_err(|e| StageFailure { message: e.to_string() })?;
-    let column = |name: &str, to: &DataType| -> Result<ArrayRef, StageFailure> {
-        match all.column_by_name(name) {
-            Some(c) => cast_array(c, to).map_err(|e| StageFailure { message: e.to_string() }),
-            None => Ok(datafusion::arrow::array::new_empty_array(to)),
-        }
-    };
-    let customers = column("customers", &DataType::Int64)?;
-    let predicted = column("predicted_churners", &DataType::Int64)?;
-    let mut rate = Float64Builder::new();
-    let (c, p) = (customers.as_primitive::<Int64Type>(), predicted.as_primitive::<Int64Type>());
-    for i in 0..c.len() {
-        rate.append_value(p.value(i) as f64 / c.value(i).max(1) as f64);
+        .sort(vec![ident(id).sort(true, false)])?
+        .select(vec![
+            cast(ident("segment"), DataType::Int32).alias("segment"),
+            cast(ident("churn_probability"), DataType::Float64).alias("churn_probability"),
+            cast(ident("predicted_churn"), DataType::Int64).alias("predicted_churn"),
+            cast(ident("churned"), DataType::Float64).alias("churned"),
+        ])?
+        .collect()
+        .await?;
+    #[derive(Default)]
+    struct Segment {
+        customers: i64,
+        scored: i64,
+        probability_sum: f64,
+        predicted: i64,
+        labelled: i64,
+        churned_sum: f64,
     }
+    let mut per_segment: std::collections::BTreeMap<i32, Segment> = std::collections::BTreeMap::new();
+    for batch in &joined {
+        let segment = batch.column(0).as_primitive::<Int32Type>();
+        let probability = batch.column(1).as_primitive::<Float64Type>();
+        let predicted = batch.column(2).as_primitive::<Int64Type>();
+        let churned = batch.column(3).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            if segment.is_null(row) {
+                continue;
+            }
+            let totals = per_segment.entry(segment.value(row)).or_default();
+            totals.customers += 1;
+            if probability.is_valid(row) {
+                totals.scored += 1;
+                totals.probability_sum += probability.value(row);
+            }
+            if predicted.is_valid(row) {
+                totals.predicted += predicted.value(row);
+            }
+            if churned.is_valid(row) {
+                totals.labelled += 1;
+                totals.churned_sum += churned.value(row);
+            }
+        }
+    }
+    let mean = |sum: f64, n: i64| if n > 0 { Some(sum / n as f64) } else { None };
+    let totals: Vec<(&i32, &Segment)> = per_segment.iter().collect();
     let columns: Vec<ArrayRef> = vec![
-        column("segment", &DataType::Int32)?,
-        customers,
-        column("expected_churners", &DataType::Float64)?,
-        column("mean_churn_probability", &DataType::Float64)?,
-        predicted,
-        Arc::new(rate.finish()),
-        column("labelled_customers", &DataType::Int64)?,
-        column("observed_churn_rate", &DataType::Float64)?,
+        Arc::new(Int32Array::from_iter_values(totals.iter().map(|(s, _)| **s))),
+        Arc::new(Int64Array::from_iter_values(totals.iter().map(|(_, t)| t.customers))),
+        Arc::new(Float64Array::from_iter_values(totals.iter().map(|(_, t)| t.probability_sum))),
+        Arc::new(Float64Array::from_iter_values(totals.iter().map(|(_, t)| mean(t.probability_sum, t.scored).unwrap_or(0.0)))),
+        Arc::new(Int64Array::from_iter_values(totals.iter().map(|(_, t)| t.predicted))),
+        Arc::new(Float64Array::from_iter_values(totals.iter().map(|(_, t)| t.predicted as f64 / t.customers.max(1) as f64))),
+        Arc::new(Int64Array::from_iter_values(totals.iter().map(|(_, t)| t.labelled))),
+        Arc::new(Float64Array::from_iter(totals.iter().map(|(_, t)| mean(t.churned_sum, t.labelled)))),
     ];
     Ok(RecordBatch::try_new(by_segment_schema(), columns).map_err(|e| StageFailure { message: e.to_string() })?)
 }

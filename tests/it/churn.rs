@@ -342,6 +342,23 @@ fn the_demo_run_scores_every_customer_and_reports_churn_per_segment() {
     assert_eq!(counts[0][0], counts[0][2], "every scored customer is in a segment");
     assert_eq!(counts[0][3], "0");
     assert!(metric_of(&out("evaluation"), "random_forest", "test", "roc_auc") > 0.75);
+    // Each segment's row is what its customers' scores add up to.
+    let per_segment = |sql: &str| query(&[("s", &out("churn_scores")), ("g", &out("customer_segments")), ("b", &out("churn_by_segment"))], sql);
+    let reported = per_segment("SELECT segment, customers, expected_churners, mean_churn_probability, predicted_churners, labelled_customers, observed_churn_rate FROM b ORDER BY segment");
+    let recomputed = per_segment(
+        "SELECT g.segment, COUNT(*), SUM(s.churn_probability), AVG(s.churn_probability), SUM(CAST(s.predicted_churn AS BIGINT)), COUNT(s.churned), AVG(CAST(s.churned AS DOUBLE)) \
+         FROM s JOIN g ON g.customer_id = s.customer_id GROUP BY g.segment ORDER BY g.segment",
+    );
+    assert_eq!(reported.len(), recomputed.len());
+    assert!(reported.len() >= 2, "{reported:?}");
+    for (ours, theirs) in reported.iter().zip(&recomputed) {
+        for (column, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(a), Ok(b)) => assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "column {column}: {ours:?} against {theirs:?}"),
+                _ => assert_eq!(a, b, "column {column}: {ours:?} against {theirs:?}"),
+            }
+        }
+    }
 }
 
 fn metric_of(evaluation: &Path, model: &str, split: &str, name: &str) -> f64 {
