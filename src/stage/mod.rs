@@ -153,15 +153,7 @@ impl StageContext<'_> {
             std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
         }
         std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
-        // A distributed engine's executors cannot read this process's memory.
-        let budget = if self.distributed {
-            0
-        } else {
-            match self.session.runtime_env().memory_pool.memory_limit() {
-                datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => limit / IN_MEMORY_SHARE,
-                _ => 0,
-            }
-        };
+        let budget = self.in_memory_budget();
         let shared = Arc::new(Materializing { budget, held_bytes: AtomicUsize::new(0), overflowed: AtomicBool::new(false) });
         // A task per partition: each holds or writes its own rows, so the Parquet encoding of
         // an overflowing table runs on every thread. At most `threads` partitions run at once:
@@ -226,6 +218,16 @@ impl StageContext<'_> {
         self.read_back(&table, &schema).await
     }
 
+    /// The bytes of rows [`materialize`](StageContext::materialize) holds in memory before it
+    /// writes them to the scratch folder: none for a distributed engine, whose executors
+    /// cannot read this process's memory.
+    fn in_memory_budget(&self) -> usize {
+        match self.session.runtime_env().memory_pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(limit) if !self.distributed => limit / IN_MEMORY_SHARE,
+            _ => 0,
+        }
+    }
+
     /// Rows read more than once, split by `key` into buckets of about
     /// [`bucket_rows`](StageContext::bucket_rows) rows, so that the stages after this one work
     /// on a bucket at a time: a grouping by `key` (or by `key` and more) or a join on it then
@@ -241,13 +243,18 @@ impl StageContext<'_> {
     /// hash into the same buckets, and [`materialize`](StageContext::materialize) computes
     /// [`threads`](StageContext::threads) partitions at a time.
     ///
-    /// `expected_rows` (at least the rows `frame` holds) sets the bucket count. Fewer rows than
-    /// a bucket per thread are not bucketed: they are materialized as any other table, and so
-    /// are the rows of a distributed engine (Ballista plans its own stages).
+    /// `expected_rows` (at least the rows `frame` holds) sets the bucket count. Rows are
+    /// bucketed only where they would go to the scratch folder anyway (by an estimate of their
+    /// size against [`materialize`](StageContext::materialize)'s memory budget) and are more
+    /// than a bucket per thread; the others are materialized as any other table, and so are the
+    /// rows of a distributed engine (Ballista plans its own stages). Held in memory, 10M lines
+    /// were read as fast whole as in buckets, and writing the buckets cost the clean stage 1–2
+    /// s (2026-12-07, default memory limit, four pairs).
     pub async fn materialize_bucketed(&self, name: &str, frame: DataFrame, key: &str, expected_rows: usize) -> Result<DataFrame, StageFailure> {
         let buckets = expected_rows.div_ceil(self.bucket_rows.max(1));
+        let estimated_bytes = expected_rows.saturating_mul(estimated_row_bytes(frame.schema().inner()));
         let scratch = match self.scratch {
-            Some(scratch) if !self.distributed && buckets > self.threads => scratch,
+            Some(scratch) if !self.distributed && buckets > self.threads && estimated_bytes > self.in_memory_budget() => scratch,
             _ => return self.materialize(name, frame).await,
         };
         let schema: SchemaRef = frame.schema().inner().clone();
@@ -296,7 +303,16 @@ impl StageContext<'_> {
         crate::engine::register_bucketed_parquet(self.session, &table, &folder, key, buckets).await?;
         // Later stages plan a partition per bucket (a table joined on `key` is repartitioned
         // into the same buckets); `materialize` computes `threads` of them at a time.
-        self.session.state_ref().write().config_mut().options_mut().execution.target_partitions = buckets;
+        {
+            let state = self.session.state_ref();
+            let mut state = state.write();
+            let execution = &mut state.config_mut().options_mut().execution;
+            execution.target_partitions = buckets;
+            // Each partition's sort sets aside this much for merging what it spilled: as much
+            // in all as `threads` partitions set aside before, not `buckets` times it (15 buckets
+            // of sorts under 80 MiB ran out of memory setting aside 10 MB each).
+            execution.sort_spill_reservation_bytes = (execution.sort_spill_reservation_bytes * self.threads.max(1) / buckets).max(1 << 20);
+        }
         tracing::info!(stage = self.stage_name, result = name, key, buckets, rows_per_bucket = self.bucket_rows, "rows written in buckets: the stages after this one work a bucket at a time");
         self.read_back(&table, &schema).await
     }
@@ -405,6 +421,13 @@ struct Materializing {
 /// A partition's file in a scratch folder of [`StageContext::materialize`].
 fn scratch_part(folder: &Path, partition: usize) -> PathBuf {
     folder.join(format!("part-{partition:05}.parquet"))
+}
+
+/// About the bytes a row of `schema` takes as Arrow: fixed-width values at their width, text
+/// and other variable-width values at 16 bytes (a string view; 10M demo lines estimated at
+/// 763 MiB took 710).
+fn estimated_row_bytes(schema: &SchemaRef) -> usize {
+    schema.fields().iter().map(|f| f.data_type().primitive_width().unwrap_or(16)).sum()
 }
 
 /// A bucket's file of [`StageContext::materialize_bucketed`]: the table lists its files in
@@ -709,24 +732,25 @@ mod tests {
         assert_eq!(roomy, Spilled::default());
     }
 
-    /// Lines of `customers` customers with `invoices` invoices of 3 lines each, bucketed by
-    /// customer in buckets of `bucket_rows` rows under `threads` threads.
+    /// 200,000 lines of 1,000 customers, 3 lines an invoice, bucketed by customer in buckets of
+    /// `bucket_rows` rows under `threads` threads.
     async fn bucketed_lines(scratch: &Path, session: &SessionContext, threads: usize, bucket_rows: usize) -> DataFrame {
         let vars = Vars::default();
         let ctx = StageContext { session, stage_name: "lines", vars: &vars, seed: 0, run_id: "test", run_date: "2025-01-01", output_root: scratch, scratch: Some(scratch), distributed: false, threads, bucket_rows };
         let lines = session
-            .sql("SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 29999)")
+            .sql("SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 199999)")
             .await
             .unwrap();
-        ctx.materialize_bucketed("lines", lines, "customer_id", 30_000).await.unwrap()
+        ctx.materialize_bucketed("lines", lines, "customer_id", 200_000).await.unwrap()
     }
 
     #[tokio::test]
     async fn bucketed_rows_are_grouped_and_joined_by_their_key_without_moving_a_row_between_partitions() {
         let scratch = tempfile::tempdir().unwrap();
-        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, ..Default::default() }).unwrap();
-        let lines = bucketed_lines(scratch.path(), &session, 2, 4_000).await;
-        assert_eq!(session.state().config().target_partitions(), 8, "30,000 rows in buckets of 4,000: a partition per bucket");
+        // 200,000 rows of 24 bytes, more than an eighth of the 32 MiB limit: they go to disk.
+        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, memory_limit: 32 << 20, ..Default::default() }).unwrap();
+        let lines = bucketed_lines(scratch.path(), &session, 2, 25_000).await;
+        assert_eq!(session.state().config().target_partitions(), 8, "200,000 rows in buckets of 25,000: a partition per bucket");
         session.register_table("lines", lines.into_view()).unwrap();
         session.sql("CREATE TABLE customers AS SELECT value AS customer_id, value % 3 AS region FROM generate_series(0, 999)").await.unwrap().collect().await.unwrap();
         let per_customer = "WITH orders AS (SELECT customer_id, invoice, SUM(amount) AS value FROM lines GROUP BY customer_id, invoice), \
@@ -744,7 +768,7 @@ mod tests {
         let mut rows = frame.sort(vec![datafusion::logical_expr::col("customer_id").sort(true, true)]).unwrap().collect().await.unwrap();
         let expected_session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, ..Default::default() }).unwrap();
         expected_session
-            .sql("CREATE VIEW lines AS SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 29999)")
+            .sql("CREATE VIEW lines AS SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 199999)")
             .await
             .unwrap();
         expected_session.sql("CREATE TABLE customers AS SELECT value AS customer_id, value % 3 AS region FROM generate_series(0, 999)").await.unwrap().collect().await.unwrap();
@@ -756,13 +780,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rows_fewer_than_a_bucket_per_thread_are_not_bucketed() {
-        let scratch = tempfile::tempdir().unwrap();
-        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 4, ..Default::default() }).unwrap();
-        let lines = bucketed_lines(scratch.path(), &session, 4, 10_000).await;
-        assert_eq!(session.state().config().target_partitions(), 4);
-        assert_eq!(lines.count().await.unwrap(), 30_000);
-        assert!(!scratch.path().join("lines_lines").join("bucket-00000.parquet").exists());
+    async fn rows_of_no_more_than_a_bucket_per_thread_or_held_in_memory_are_not_bucketed() {
+        for (threads, memory_limit, bucket_rows) in [(4, 32 << 20, 50_000), (2, 1 << 30, 25_000)] {
+            let scratch = tempfile::tempdir().unwrap();
+            let session = crate::engine::session(&crate::engine::EngineOptions { threads, memory_limit, ..Default::default() }).unwrap();
+            let lines = bucketed_lines(scratch.path(), &session, threads, bucket_rows).await;
+            assert_eq!(session.state().config().target_partitions(), threads);
+            assert_eq!(lines.count().await.unwrap(), 200_000);
+            assert!(!scratch.path().join("lines_lines").join("bucket-00000.parquet").exists());
+        }
     }
 
     #[test]

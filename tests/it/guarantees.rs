@@ -15,9 +15,10 @@ fn one_thread_and_all_threads_write_byte_identical_tables_models_and_reports() {
     let sandbox = crate::churn::demo_sandbox(4_000);
     // The third run's memory limit is too small to hold the cleaned lines (which two SQL
     // stages read) in memory: they go through the scratch folder instead, with the same result.
-    // The fourth writes them in buckets of customers (the demo's `bucket_by`), 15 of about 10,000
-    // lines, and the feature queries run a bucket at a time, with the same result.
-    for (root, threads, memory_limit, bucket_rows) in [("one", "1", "4GiB", "2000000"), ("all", "4", "4GiB", "2000000"), ("scratch", "4", "96MiB", "2000000"), ("buckets", "2", "4GiB", "10000")] {
+    // The fourth, under a limit that sends them to disk too, writes them in buckets of customers
+    // (the demo's `bucket_by`), 15 of about 10,000 lines, and the feature queries run a bucket
+    // at a time, with the same result.
+    for (root, threads, memory_limit, bucket_rows) in [("one", "1", "4GiB", "2000000"), ("all", "4", "4GiB", "2000000"), ("scratch", "4", "96MiB", "2000000"), ("buckets", "2", "80MiB", "10000")] {
         let ran = crate::util::segflow_in(
             sandbox.root(),
             &["-v", "run", "pipelines/demo.yaml", "--run-date", "2025-01-01", "--run-id", "same", "--threads", threads, "--output-root", root, "--memory-limit", memory_limit, "--bucket-rows", bucket_rows],
