@@ -149,10 +149,7 @@ impl StageContext<'_> {
         let schema: SchemaRef = frame.schema().inner().clone();
         let folder = scratch.join(format!("{}_{name}", self.stage_name));
         let fail = |e: String| StageFailure { message: format!("writing `{name}` to the scratch folder {}: {e}", folder.display()) };
-        if folder.exists() {
-            std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
-        }
-        std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
+        fresh_folder(&folder).map_err(fail)?;
         let budget = self.in_memory_budget();
         let shared = Arc::new(Materializing { budget, held_bytes: AtomicUsize::new(0), overflowed: AtomicBool::new(false) });
         // A task per partition: each holds or writes its own rows, so the Parquet encoding of
@@ -186,10 +183,7 @@ impl StageContext<'_> {
         if let Some(e) = first_error {
             return Err(fail(e));
         }
-        let spilled = Spilled::of(plan.as_ref());
-        if spilled.files > 0 {
-            tracing::debug!(stage = self.stage_name, result = name, spill_files = spilled.files, spilled_mib = spilled.bytes as f64 / MIB, spilled_rows = spilled.rows, "the engine spilled to disk: its operators outgrew their share of the memory limit");
-        }
+        self.log_spilled(name, plan.as_ref());
         if !shared.overflowed.load(Ordering::SeqCst) {
             let held_mib = shared.held_bytes.load(Ordering::SeqCst) as f64 / MIB;
             tracing::debug!(stage = self.stage_name, result = name, held_mib, "rows read more than once held in memory");
@@ -216,6 +210,14 @@ impl StageContext<'_> {
         let table = format!("__segflow_materialized_{}_{name}", self.stage_name);
         crate::engine::register_parquet(self.session, &table, &crate::engine::InputLocation::Folder(folder.clone())).await?;
         self.read_back(&table, &schema).await
+    }
+
+    /// Logs what the operators of `plan`, which computed `result`, spilled to disk, if anything.
+    fn log_spilled(&self, result: &str, plan: &dyn datafusion::physical_plan::ExecutionPlan) {
+        let spilled = Spilled::of(plan);
+        if spilled.files > 0 {
+            tracing::debug!(stage = self.stage_name, result, spill_files = spilled.files, spilled_mib = spilled.bytes as f64 / MIB, spilled_rows = spilled.rows, "the engine spilled to disk: its operators outgrew their share of the memory limit");
+        }
     }
 
     /// The bytes of rows [`materialize`](StageContext::materialize) holds in memory before it
@@ -260,10 +262,7 @@ impl StageContext<'_> {
         let schema: SchemaRef = frame.schema().inner().clone();
         let folder = scratch.join(format!("{}_{name}", self.stage_name));
         let fail = |e: String| StageFailure { message: format!("writing `{name}` in buckets to the scratch folder {}: {e}", folder.display()) };
-        if folder.exists() {
-            std::fs::remove_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
-        }
-        std::fs::create_dir_all(&folder).map_err(|e| fail(e.to_string()))?;
+        fresh_folder(&folder).map_err(fail)?;
         let task_context = Arc::new(frame.task_ctx());
         let plan = frame.create_physical_plan().await?;
         let file_schema = plan.schema();
@@ -295,10 +294,7 @@ impl StageContext<'_> {
                 scratch_writer(&path, file_schema.clone(), Some(BUCKET_ROW_GROUP_ROWS)).and_then(|w| w.close().map(|_| ()).map_err(|e| e.to_string())).map_err(fail)?;
             }
         }
-        let spilled = Spilled::of(plan.as_ref());
-        if spilled.files > 0 {
-            tracing::debug!(stage = self.stage_name, result = name, spill_files = spilled.files, spilled_mib = spilled.bytes as f64 / MIB, spilled_rows = spilled.rows, "the engine spilled to disk: its operators outgrew their share of the memory limit");
-        }
+        self.log_spilled(name, plan.as_ref());
         let table = format!("__segflow_bucketed_{}_{name}", self.stage_name);
         crate::engine::register_bucketed_parquet(self.session, &table, &folder, key, buckets).await?;
         // Later stages plan a partition per bucket (a table joined on `key` is repartitioned
@@ -416,6 +412,14 @@ struct Materializing {
     held_bytes: AtomicUsize,
     /// Set once the rows held exceed the budget: from then on every partition writes.
     overflowed: AtomicBool,
+}
+
+/// `folder`, empty: what an earlier attempt of the stage left there is removed.
+fn fresh_folder(folder: &Path) -> Result<(), String> {
+    if folder.exists() {
+        std::fs::remove_dir_all(folder).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(folder).map_err(|e| e.to_string())
 }
 
 /// A partition's file in a scratch folder of [`StageContext::materialize`].
