@@ -171,18 +171,7 @@ impl StageContext<'_> {
                 })
             })
             .collect();
-        let mut partitions = Vec::with_capacity(tasks.len());
-        let mut first_error = None;
-        for task in tasks {
-            match task.await {
-                Ok(Ok(partition)) => partitions.push(partition),
-                Ok(Err(e)) => first_error = first_error.or(Some(e)),
-                Err(e) => first_error = first_error.or(Some(e.to_string())),
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(fail(e));
-        }
+        let partitions = every_task(tasks).await.map_err(fail)?;
         self.log_spilled(name, plan.as_ref());
         if !shared.overflowed.load(Ordering::SeqCst) {
             let held_mib = shared.held_bytes.load(Ordering::SeqCst) as f64 / MIB;
@@ -274,26 +263,9 @@ impl StageContext<'_> {
         let tasks: Vec<_> = datafusion::physical_plan::execute_stream_partitioned(plan.clone(), task_context)?
             .into_iter()
             .enumerate()
-            .map(|(bucket, stream)| tokio::spawn(write_bucket(stream, bucket_file(&folder, bucket))))
+            .map(|(bucket, stream)| tokio::spawn(write_bucket(stream, bucket_file(&folder, bucket), file_schema.clone())))
             .collect();
-        let mut first_error = None;
-        for task in tasks {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => first_error = first_error.or(Some(e)),
-                Err(e) => first_error = first_error.or(Some(e.to_string())),
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(fail(e));
-        }
-        // File i must be bucket i: a bucket no row went to still gets its (empty) file.
-        for bucket in 0..buckets {
-            let path = bucket_file(&folder, bucket);
-            if !path.exists() {
-                scratch_writer(&path, file_schema.clone(), Some(BUCKET_ROW_GROUP_ROWS)).and_then(|w| w.close().map(|_| ()).map_err(|e| e.to_string())).map_err(fail)?;
-            }
-        }
+        every_task(tasks).await.map_err(fail)?;
         self.log_spilled(name, plan.as_ref());
         let table = format!("__segflow_bucketed_{}_{name}", self.stage_name);
         crate::engine::register_bucketed_parquet(self.session, &table, &folder, key, buckets).await?;
@@ -444,9 +416,9 @@ fn bucket_file(folder: &Path, bucket: usize) -> PathBuf {
 /// buckets are written side by side.
 const BUCKET_ROW_GROUP_ROWS: usize = 65_536;
 
-/// Writes one bucket's rows (none: no file, [`StageContext::materialize_bucketed`] writes an
-/// empty one).
-async fn write_bucket(mut stream: datafusion::physical_plan::SendableRecordBatchStream, path: PathBuf) -> Result<(), String> {
+/// Writes one bucket's rows of `schema` to its file; a bucket no row went to still gets its
+/// (empty) file, as file i must be bucket i.
+async fn write_bucket(mut stream: datafusion::physical_plan::SendableRecordBatchStream, path: PathBuf, schema: SchemaRef) -> Result<(), String> {
     use futures::StreamExt;
     let mut encoder: Option<ScratchEncoder> = None;
     while let Some(batch) = stream.next().await {
@@ -459,8 +431,22 @@ async fn write_bucket(mut stream: datafusion::physical_plan::SendableRecordBatch
     }
     match encoder {
         Some(encoder) => encoder.finish().await,
-        None => Ok(()),
+        None => scratch_writer(&path, schema, Some(BUCKET_ROW_GROUP_ROWS))?.close().map(|_| ()).map_err(|e| e.to_string()),
     }
+}
+
+/// The results of `tasks`, each awaited to its end; the first failure if any failed.
+async fn every_task<T>(tasks: Vec<tokio::task::JoinHandle<Result<T, String>>>) -> Result<Vec<T>, String> {
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(result)) => results.push(result),
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(e.to_string())),
+        }
+    }
+    first_error.map_or(Ok(results), Err)
 }
 
 /// Holds or writes one partition's rows; returns the rows it still holds when it ends: all of
@@ -736,15 +722,17 @@ mod tests {
         assert_eq!(roomy, Spilled::default());
     }
 
-    /// 200,000 lines of 1,000 customers, 3 lines an invoice, bucketed by customer in buckets of
+    /// 200,000 lines of 1,000 customers, 3 lines an invoice.
+    const LINES: &str = "SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 199999)";
+    /// The 1,000 customers of [`LINES`], each with a region.
+    const CREATE_CUSTOMERS: &str = "CREATE TABLE customers AS SELECT value AS customer_id, value % 3 AS region FROM generate_series(0, 999)";
+
+    /// `lines` (200,000 rows with a `customer_id`) bucketed by customer in buckets of
     /// `bucket_rows` rows under `threads` threads.
-    async fn bucketed_lines(scratch: &Path, session: &SessionContext, threads: usize, bucket_rows: usize) -> DataFrame {
+    async fn bucketed_lines(lines: &str, scratch: &Path, session: &SessionContext, threads: usize, bucket_rows: usize) -> DataFrame {
         let vars = Vars::default();
         let ctx = StageContext { session, stage_name: "lines", vars: &vars, seed: 0, run_id: "test", run_date: "2025-01-01", output_root: scratch, scratch: Some(scratch), distributed: false, threads, bucket_rows };
-        let lines = session
-            .sql("SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 199999)")
-            .await
-            .unwrap();
+        let lines = session.sql(lines).await.unwrap();
         ctx.materialize_bucketed("lines", lines, "customer_id", 200_000).await.unwrap()
     }
 
@@ -753,10 +741,10 @@ mod tests {
         let scratch = tempfile::tempdir().unwrap();
         // 200,000 rows of 24 bytes, more than an eighth of the 32 MiB limit: they go to disk.
         let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, memory_limit: 32 << 20, ..Default::default() }).unwrap();
-        let lines = bucketed_lines(scratch.path(), &session, 2, 25_000).await;
+        let lines = bucketed_lines(LINES, scratch.path(), &session, 2, 25_000).await;
         assert_eq!(session.state().config().target_partitions(), 8, "200,000 rows in buckets of 25,000: a partition per bucket");
         session.register_table("lines", lines.into_view()).unwrap();
-        session.sql("CREATE TABLE customers AS SELECT value AS customer_id, value % 3 AS region FROM generate_series(0, 999)").await.unwrap().collect().await.unwrap();
+        session.sql(CREATE_CUSTOMERS).await.unwrap().collect().await.unwrap();
         let per_customer = "WITH orders AS (SELECT customer_id, invoice, SUM(amount) AS value FROM lines GROUP BY customer_id, invoice), \
             spend AS (SELECT customer_id, COUNT(*) AS orders, SUM(value) AS spend FROM orders GROUP BY customer_id) \
             SELECT s.customer_id, s.orders, s.spend, c.region FROM spend s JOIN customers c ON c.customer_id = s.customer_id";
@@ -771,11 +759,8 @@ mod tests {
         // The same rows as the query over the lines as they were.
         let mut rows = frame.sort(vec![datafusion::logical_expr::col("customer_id").sort(true, true)]).unwrap().collect().await.unwrap();
         let expected_session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, ..Default::default() }).unwrap();
-        expected_session
-            .sql("CREATE VIEW lines AS SELECT value % 1000 AS customer_id, value / 3 AS invoice, CAST(value % 7 AS DOUBLE) AS amount FROM generate_series(0, 199999)")
-            .await
-            .unwrap();
-        expected_session.sql("CREATE TABLE customers AS SELECT value AS customer_id, value % 3 AS region FROM generate_series(0, 999)").await.unwrap().collect().await.unwrap();
+        expected_session.sql(&format!("CREATE VIEW lines AS {LINES}")).await.unwrap();
+        expected_session.sql(CREATE_CUSTOMERS).await.unwrap().collect().await.unwrap();
         let expected = expected_session.sql(per_customer).await.unwrap().sort(vec![datafusion::logical_expr::col("customer_id").sort(true, true)]).unwrap().collect().await.unwrap();
         let schema = expected[0].schema();
         rows = vec![datafusion::arrow::compute::concat_batches(&schema, &rows).unwrap()];
@@ -784,11 +769,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bucket_no_row_went_to_still_has_its_file_so_file_i_is_bucket_i() {
+        let scratch = tempfile::tempdir().unwrap();
+        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, memory_limit: 32 << 20, ..Default::default() }).unwrap();
+        // Three customers in eight buckets: at least five are empty.
+        let lines = bucketed_lines("SELECT value % 3 AS customer_id, value AS invoice, CAST(value AS DOUBLE) AS amount FROM generate_series(0, 199999)", scratch.path(), &session, 2, 25_000).await;
+        let files = std::fs::read_dir(scratch.path().join("lines_lines")).unwrap().count();
+        assert_eq!(files, 8);
+        // Grouped by customer within the buckets: every row, each customer once.
+        let customers = lines.clone().aggregate(vec![datafusion::logical_expr::col("customer_id")], vec![]).unwrap();
+        assert_eq!(customers.count().await.unwrap(), 3);
+        assert_eq!(lines.count().await.unwrap(), 200_000);
+    }
+
+    #[tokio::test]
     async fn rows_of_no_more_than_a_bucket_per_thread_or_held_in_memory_are_not_bucketed() {
         for (threads, memory_limit, bucket_rows) in [(4, 32 << 20, 50_000), (2, 1 << 30, 25_000)] {
             let scratch = tempfile::tempdir().unwrap();
             let session = crate::engine::session(&crate::engine::EngineOptions { threads, memory_limit, ..Default::default() }).unwrap();
-            let lines = bucketed_lines(scratch.path(), &session, threads, bucket_rows).await;
+            let lines = bucketed_lines(LINES, scratch.path(), &session, threads, bucket_rows).await;
             assert_eq!(session.state().config().target_partitions(), threads);
             assert_eq!(lines.count().await.unwrap(), 200_000);
             assert!(!scratch.path().join("lines_lines").join("bucket-00000.parquet").exists());
