@@ -836,7 +836,9 @@ impl Stage for ChurnStage {
             std::fs::create_dir_all(scratch).map_err(|e| fail(format!("cannot create the scratch folder {}: {e}", scratch.display())))?;
         }
         let artifact = Artifact { folder: format!("{MODELS_DIR}/{}", ctx.stage_name), files: model.to_files(trees_file.as_deref()).map_err(fail)? };
+        phases.done("model files written");
         let scorer = model.into_scorer().map_err(fail)?;
+        phases.done("forest laid out for scoring");
         let mut table = ScoresTable::new(&self.id.value, self.explain);
         match to_score {
             ToScore::OtherTable(score_table) => {

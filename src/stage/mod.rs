@@ -242,28 +242,55 @@ impl StageContext<'_> {
     /// were read as fast whole as in buckets, and writing the buckets cost the clean stage 1–2
     /// s (2026-12-07, default memory limit, four pairs).
     pub async fn materialize_bucketed(&self, name: &str, frame: DataFrame, key: &str, expected_rows: usize) -> Result<DataFrame, StageFailure> {
+        match self.bucket_count(frame.schema().inner(), expected_rows) {
+            Some(buckets) => self.write_buckets(name, frame, key, buckets).await,
+            None => self.materialize(name, frame).await,
+        }
+    }
+
+    /// The buckets [`materialize_bucketed`](StageContext::materialize_bucketed) writes
+    /// `expected_rows` rows of `schema` in, or `None` where it materializes them whole.
+    pub fn bucket_count(&self, schema: &SchemaRef, expected_rows: usize) -> Option<usize> {
         let buckets = expected_rows.div_ceil(self.bucket_rows.max(1));
-        let estimated_bytes = expected_rows.saturating_mul(estimated_row_bytes(frame.schema().inner()));
-        let scratch = match self.scratch {
-            Some(scratch) if !self.distributed && buckets > self.threads && estimated_bytes > self.in_memory_budget() => scratch,
-            _ => return self.materialize(name, frame).await,
+        let estimated_bytes = expected_rows.saturating_mul(estimated_row_bytes(schema));
+        (self.scratch.is_some() && !self.distributed && buckets > self.threads && estimated_bytes > self.in_memory_budget()).then_some(buckets)
+    }
+
+    /// Writes the rows of `frame` in `buckets` buckets of `key` (see
+    /// [`materialize_bucketed`](StageContext::materialize_bucketed), which decides whether to)
+    /// and reads them back as a table declared hash-partitioned on `key`.
+    ///
+    /// Rows already in those buckets (a plan over bucketed rows that keeps their partitions,
+    /// such as a deduplication whose key holds `key`) are written as they are, partition i to
+    /// bucket i, [`threads`](StageContext::threads) partitions at a time; other rows go through
+    /// DataFusion's hash repartitioning on `key`, every bucket at once.
+    pub async fn write_buckets(&self, name: &str, frame: DataFrame, key: &str, buckets: usize) -> Result<DataFrame, StageFailure> {
+        let Some(scratch) = self.scratch else {
+            return self.materialize(name, frame).await;
         };
         let schema: SchemaRef = frame.schema().inner().clone();
         let folder = scratch.join(format!("{}_{name}", self.stage_name));
         let fail = |e: String| StageFailure { message: format!("writing `{name}` in buckets to the scratch folder {}: {e}", folder.display()) };
         fresh_folder(&folder).map_err(fail)?;
         let task_context = Arc::new(frame.task_ctx());
-        let plan = frame.create_physical_plan().await?;
+        let (plan, in_buckets) = bucket_plan(frame.create_physical_plan().await?, key, buckets)?;
         let file_schema = plan.schema();
-        let key_expr = datafusion::physical_expr::expressions::col(key, &file_schema)?;
-        let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-            Arc::new(datafusion::physical_plan::repartition::RepartitionExec::try_new(plan, datafusion::physical_plan::Partitioning::Hash(vec![key_expr], buckets))?);
-        // Every bucket is written at once (the repartitioning feeds them all): small row groups
-        // keep the encoders' buffers small.
-        let tasks: Vec<_> = datafusion::physical_plan::execute_stream_partitioned(plan.clone(), task_context)?
+        let streams = datafusion::physical_plan::execute_stream_partitioned(plan.clone(), task_context)?;
+        // The repartitioning feeds every bucket at once, so every bucket is written at once
+        // (small row groups keep the encoders' buffers small); buckets computed each on its own
+        // are written `threads` at a time, so only that many buckets' work is held at once.
+        let running = Arc::new(tokio::sync::Semaphore::new(if in_buckets { self.threads.max(1) } else { buckets }));
+        let tasks: Vec<_> = streams
             .into_iter()
             .enumerate()
-            .map(|(bucket, stream)| tokio::spawn(write_bucket(stream, bucket_file(&folder, bucket), file_schema.clone())))
+            .map(|(bucket, stream)| {
+                let (running, path, schema) = (running.clone(), bucket_file(&folder, bucket), file_schema.clone());
+                tokio::spawn(async move {
+                    // The semaphore is never closed: a permit always comes.
+                    let _turn = running.acquire_owned().await;
+                    write_bucket(stream, path, schema).await
+                })
+            })
             .collect();
         every_task(tasks).await.map_err(fail)?;
         self.log_spilled(name, plan.as_ref());
@@ -277,12 +304,31 @@ impl StageContext<'_> {
             let execution = &mut state.config_mut().options_mut().execution;
             execution.target_partitions = buckets;
             // Each partition's sort sets aside this much for merging what it spilled: as much
-            // in all as `threads` partitions set aside before, not `buckets` times it (15 buckets
-            // of sorts under 80 MiB ran out of memory setting aside 10 MB each).
-            execution.sort_spill_reservation_bytes = (execution.sort_spill_reservation_bytes * self.threads.max(1) / buckets).max(1 << 20);
+            // in all as `threads` partitions set aside by default, not `buckets` times it (15
+            // buckets of sorts under 80 MiB ran out of memory setting aside 10 MB each). From
+            // the default, so bucketing twice in a run sets the same.
+            let default = datafusion::config::ExecutionOptions::default().sort_spill_reservation_bytes;
+            execution.sort_spill_reservation_bytes = (default * self.threads.max(1) / buckets).max(1 << 20);
         }
-        tracing::info!(stage = self.stage_name, result = name, key, buckets, rows_per_bucket = self.bucket_rows, "rows written in buckets: the stages after this one work a bucket at a time");
+        tracing::info!(stage = self.stage_name, result = name, key, buckets, rows_per_bucket = self.bucket_rows, already_in_buckets = in_buckets, "rows written in buckets: the stages after this one work a bucket at a time");
         self.read_back(&table, &schema).await
+    }
+
+    /// Removes what [`write_buckets`](StageContext::write_buckets) or
+    /// [`materialize`](StageContext::materialize) wrote to the scratch folder as `name`, and
+    /// its table: for rows only an intermediate step read.
+    pub fn drop_scratch(&self, name: &str) -> Result<(), String> {
+        for table in [format!("__segflow_bucketed_{}_{name}", self.stage_name), format!("__segflow_materialized_{}_{name}", self.stage_name)] {
+            self.session.deregister_table(table.as_str()).map_err(|e| e.to_string())?;
+        }
+        let Some(scratch) = self.scratch else {
+            return Ok(());
+        };
+        let folder = scratch.join(format!("{}_{name}", self.stage_name));
+        match std::fs::remove_dir_all(&folder) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing {}: {e}", folder.display())),
+            _ => Ok(()),
+        }
     }
 
     /// A table read back from Parquet, with the types it was written with: Parquet reads text
@@ -327,7 +373,8 @@ fn in_batches(batch: RecordBatch, rows: usize) -> Result<Vec<RecordBatch>, dataf
 /// What the operators of an executed plan spilled to disk, summed over the plan. A sort or
 /// aggregation that outgrows its share of the memory pool writes sorted runs and merges them
 /// back: the usual reason a stage slows more than its data grows, which a task log should
-/// show (the 10M demo's exact dedup spills 0.7 GB in 4 to 6 files, 100M's 7.2 GB in 45 or 46).
+/// show (the 10M demo's exact dedup over every line spilled 0.7 GB in 4 to 6 files, 100M's
+/// 7.2 GB in 45 or 46, before it ran a bucket at a time).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub(crate) struct Spilled {
     pub(crate) files: usize,
@@ -410,6 +457,26 @@ fn estimated_row_bytes(schema: &SchemaRef) -> usize {
 /// path order, so the number is zero-padded and file i is bucket i.
 fn bucket_file(folder: &Path, bucket: usize) -> PathBuf {
     folder.join(format!("bucket-{bucket:05}.parquet"))
+}
+
+/// The plan that writes `plan`'s rows in `buckets` buckets of `key`, partition i to bucket i,
+/// and whether `plan` already had them there: its partitions are DataFusion's hash partitions
+/// of `key` alone, `buckets` of them (as over a bucketed table, [`crate::engine::register_bucketed_parquet`]),
+/// so nothing is repartitioned.
+fn bucket_plan(plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>, key: &str, buckets: usize) -> Result<(Arc<dyn datafusion::physical_plan::ExecutionPlan>, bool), datafusion::error::DataFusionError> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::{ExecutionPlanProperties, Partitioning};
+    let in_buckets = match plan.output_partitioning() {
+        Partitioning::Hash(exprs, n) => {
+            *n == buckets && exprs.len() == 1 && exprs[0].downcast_ref::<Column>().is_some_and(|c| c.name() == key && plan.schema().index_of(key).ok() == Some(c.index()))
+        }
+        _ => false,
+    };
+    if in_buckets {
+        return Ok((plan, true));
+    }
+    let key_expr = datafusion::physical_expr::expressions::col(key, &plan.schema())?;
+    Ok((Arc::new(datafusion::physical_plan::repartition::RepartitionExec::try_new(plan, Partitioning::Hash(vec![key_expr], buckets))?), false))
 }
 
 /// Row groups of a bucket file: every bucket's encoder holds one row group in memory while the
@@ -780,6 +847,55 @@ mod tests {
         let customers = lines.clone().aggregate(vec![datafusion::logical_expr::col("customer_id")], vec![]).unwrap();
         assert_eq!(customers.count().await.unwrap(), 3);
         assert_eq!(lines.count().await.unwrap(), 200_000);
+    }
+
+    /// The customer ids in each bucket file of `folder`, in bucket order.
+    fn customers_per_bucket(folder: &Path) -> Vec<std::collections::BTreeSet<i64>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(folder).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .iter()
+            .map(|path| {
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();
+                let mut customers = std::collections::BTreeSet::new();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let ids = batch.column_by_name("customer_id").unwrap().as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+                    customers.extend(ids.values().iter().copied());
+                }
+                customers
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bucketed_rows_deduplicated_a_bucket_at_a_time_stay_in_their_buckets_and_nothing_is_repartitioned() {
+        let scratch = tempfile::tempdir().unwrap();
+        let session = crate::engine::session(&crate::engine::EngineOptions { threads: 2, memory_limit: 32 << 20, ..Default::default() }).unwrap();
+        let vars = Vars::default();
+        let ctx = StageContext { session: &session, stage_name: "lines", vars: &vars, seed: 0, run_id: "test", run_date: "2025-01-01", output_root: scratch.path(), scratch: Some(scratch.path()), distributed: false, threads: 2, bucket_rows: 25_000 };
+        // Every line twice: lines 2i and 2i + 1 are equal.
+        let lines = session.sql("SELECT (value / 2) % 1000 AS customer_id, value / 2 AS invoice, CAST((value / 2) % 7 AS DOUBLE) AS amount FROM generate_series(0, 199999)").await.unwrap();
+        let buckets = ctx.bucket_count(lines.schema().inner(), 200_000).expect("200,000 lines of 24 bytes under 32 MiB are bucketed");
+        assert_eq!(buckets, 8);
+        let lines = ctx.write_buckets("valid", lines, "customer_id", buckets).await.unwrap();
+        let distinct = lines.distinct().unwrap();
+        let (plan, in_buckets) = bucket_plan(distinct.clone().create_physical_plan().await.unwrap(), "customer_id", buckets).unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true).to_string();
+        assert!(in_buckets, "the distinct lines keep the buckets' partitions:\n{shown}");
+        assert!(!shown.contains("RepartitionExec"), "{shown}");
+        let clean = ctx.write_buckets("clean", distinct, "customer_id", buckets).await.unwrap();
+        assert_eq!(clean.clone().count().await.unwrap(), 100_000);
+        // Bucket i of the clean lines holds the customers of bucket i of the lines: its file
+        // is the partition that deduplicated that bucket.
+        let before = customers_per_bucket(&scratch.path().join("lines_valid"));
+        let after = customers_per_bucket(&scratch.path().join("lines_clean"));
+        assert_eq!(after.len(), 8);
+        assert_eq!(before, after);
+        assert_eq!(after.iter().map(|c| c.len()).sum::<usize>(), 1000, "each customer in one bucket");
+        ctx.drop_scratch("valid").unwrap();
+        assert!(!scratch.path().join("lines_valid").exists());
+        assert_eq!(clean.count().await.unwrap(), 100_000, "the clean lines do not read the dropped ones");
     }
 
     #[tokio::test]

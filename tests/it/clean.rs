@@ -1,7 +1,7 @@
 //! The clean stage: types, null policies, rules, dedup, rejects with reasons, PII, and the
 //! row accounting rows_in = rows_out + rows_rejected + rows_deduplicated.
 
-use crate::util::{Col, Ran, Sandbox, files_under, read_table, write_parquet};
+use crate::util::{Col, Ran, Sandbox, files_under, query, read_table, write_parquet};
 
 /// Nine people, each row chosen to exercise one rule (see the comments in the tests).
 fn write_people(sandbox: &Sandbox) {
@@ -319,4 +319,54 @@ fn under_keep_a_value_that_fails_to_cast_becomes_null_instead_of_a_reject() {
     let people = read_table(&sandbox.path("out/people"), "id");
     let row5 = people.lines().find(|l| l.starts_with("| 5 ")).expect("id 5 is kept");
     assert_eq!(row5.split('|').nth(3).unwrap().trim(), "", "{people}");
+}
+
+/// 200,000 lines of 997 customers, four lines an order (two customers, two lines each):
+/// six pairs in ten are exact duplicates, the other four differ in their time `t` only.
+fn write_lines(sandbox: &Sandbox) {
+    let lines = 0..200_000i64;
+    let t = |j: i64| if j % 10 < 6 { (j / 2) % 3 } else { j % 3 };
+    let values: Vec<String> = lines.clone().map(|j| format!("v{}", (j / 2) % 5)).collect();
+    write_parquet(
+        &sandbox.path("data/lines.parquet"),
+        vec![
+            Col::Int("customer", lines.clone().map(|j| Some((j / 2) % 997)).collect()),
+            Col::Int("order", lines.clone().map(|j| Some(j / 4)).collect()),
+            Col::Int("t", lines.map(|j| Some(t(j))).collect()),
+            Col::Str("v", values.iter().map(|v| Some(v.as_str())).collect()),
+        ],
+    );
+}
+
+#[test]
+fn deduplicating_a_bucket_at_a_time_keeps_the_rows_deduplicating_all_at_once_keeps() {
+    let sandbox = Sandbox::new();
+    write_lines(&sandbox);
+    // Duplicates share a bucket of customers when the dedup compares the customer: exact dedup
+    // and a key holding it are deduplicated within the buckets, a key without it is not.
+    for (dedup, within_buckets) in [
+        ("exact: true", true),
+        ("key: [customer, order]\n      keep: latest\n      order_by: t", true),
+        ("key: [order]\n      keep: earliest\n      order_by: t", false),
+    ] {
+        let pipeline = format!(
+            "name: lines\noutput_root: out\ninputs:\n  raw:\n    path: data/lines.parquet\nstages:\n  - name: lines\n    kind: clean\n    inputs: [raw]\n    dedup:\n      {dedup}\n    bucket_by: customer\n\
+             outputs:\n  lines: {{partition_by: none}}\n  quality: {{from: lines_data_quality, partition_by: none}}\n"
+        );
+        sandbox.write("pipeline.yaml", &pipeline);
+        let mut tables = Vec::new();
+        // Whole: held in memory. Buckets: 200,000 lines of about 40 bytes are more than an
+        // eighth of 48 MiB, so they go to disk in 10 buckets of 20,000.
+        for (root, memory_limit, bucket_rows) in [("whole", "4GiB", "2000000"), ("buckets", "48MiB", "20000")] {
+            let ran = sandbox.segflow(&["-v", "run", "pipeline.yaml", "--run-id", root, "--output-root", root, "--threads", "2", "--memory-limit", memory_limit, "--bucket-rows", bucket_rows]);
+            assert_eq!(ran.code, 0, "{dedup}: {}", ran.stderr);
+            assert_eq!(ran.stderr.contains("rows written in buckets"), root == "buckets", "{dedup}, {root}: {}", ran.stderr);
+            assert_eq!(ran.stderr.contains("valid rows deduplicated a bucket at a time"), root == "buckets" && within_buckets, "{dedup}, {root}: {}", ran.stderr);
+            let lines = query(&[("l", &sandbox.path(&format!("{root}/lines")))], "SELECT * FROM l ORDER BY customer, \"order\", t, v");
+            let quality = query(&[("q", &sandbox.path(&format!("{root}/quality")))], "SELECT metric, value FROM q ORDER BY metric");
+            tables.push((lines, quality));
+        }
+        assert!(tables[0].0.len() < 200_000 && tables[0].0.len() > 20_000, "{dedup}: {} rows kept", tables[0].0.len());
+        assert_eq!(tables[0], tables[1], "{dedup}: bucketed and whole differ");
+    }
 }

@@ -16,8 +16,8 @@ fn one_thread_and_all_threads_write_byte_identical_tables_models_and_reports() {
     // The third run's memory limit is too small to hold the cleaned lines (which two SQL
     // stages read) in memory: they go through the scratch folder instead, with the same result.
     // The fourth, under a limit that sends them to disk too, writes them in buckets of customers
-    // (the demo's `bucket_by`), 15 of about 10,000 lines, and the feature queries run a bucket
-    // at a time, with the same result.
+    // (the demo's `bucket_by`), 15 of about 10,000 lines, deduplicated and then queried by the
+    // feature SQL a bucket at a time, with the same result.
     for (root, threads, memory_limit, bucket_rows) in [("one", "1", "4GiB", "2000000"), ("all", "4", "4GiB", "2000000"), ("scratch", "4", "96MiB", "2000000"), ("buckets", "2", "80MiB", "10000")] {
         let ran = crate::util::segflow_in(
             sandbox.root(),
@@ -30,6 +30,9 @@ fn one_thread_and_all_threads_write_byte_identical_tables_models_and_reports() {
             _ => "rows read more than once held in memory",
         };
         assert!(ran.stderr.contains(path), "{root}: {}", ran.stderr);
+        // The demo's exact dedup compares the customer too: the lines are bucketed first and
+        // deduplicated a bucket at a time.
+        assert_eq!(ran.stderr.contains("valid rows deduplicated a bucket at a time"), root == "buckets", "{root}: {}", ran.stderr);
     }
     // Everything a reader or reviewer sees; the run record holds timings.
     let files: Vec<String> = files_under(&sandbox.path("one")).into_iter().filter(|f| !f.starts_with("_segflow")).collect();
