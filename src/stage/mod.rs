@@ -147,7 +147,7 @@ impl StageContext<'_> {
             return Ok(frame.cache().await?);
         };
         let schema: SchemaRef = frame.schema().inner().clone();
-        let folder = scratch.join(format!("{}_{name}", self.stage_name));
+        let folder = self.scratch_folder(scratch, name);
         let fail = |e: String| StageFailure { message: format!("writing `{name}` to the scratch folder {}: {e}", folder.display()) };
         fresh_folder(&folder).map_err(fail)?;
         let budget = self.in_memory_budget();
@@ -158,20 +158,8 @@ impl StageContext<'_> {
         // stays small ([`StageContext::materialize_bucketed`]).
         let task_context = Arc::new(frame.task_ctx());
         let plan = frame.create_physical_plan().await?;
-        let running = Arc::new(tokio::sync::Semaphore::new(self.threads.max(1)));
-        let tasks: Vec<_> = datafusion::physical_plan::execute_stream_partitioned(plan.clone(), task_context)?
-            .into_iter()
-            .enumerate()
-            .map(|(partition, stream)| {
-                let (running, path, shared) = (running.clone(), scratch_part(&folder, partition), shared.clone());
-                tokio::spawn(async move {
-                    // The semaphore is never closed: a permit always comes.
-                    let _turn = running.acquire_owned().await;
-                    materialize_partition(stream, path, shared).await
-                })
-            })
-            .collect();
-        let partitions = every_task(tasks).await.map_err(fail)?;
+        let streams = datafusion::physical_plan::execute_stream_partitioned(plan.clone(), task_context)?;
+        let partitions = each_stream(streams, self.threads, |partition, stream| materialize_partition(stream, scratch_part(&folder, partition), shared.clone())).await.map_err(fail)?;
         self.log_spilled(name, plan.as_ref());
         if !shared.overflowed.load(Ordering::SeqCst) {
             let held_mib = shared.held_bytes.load(Ordering::SeqCst) as f64 / MIB;
@@ -196,7 +184,7 @@ impl StageContext<'_> {
         if !written {
             return Ok(self.session.read_batch(RecordBatch::new_empty(schema))?);
         }
-        let table = format!("__segflow_materialized_{}_{name}", self.stage_name);
+        let table = self.scratch_table(ScratchKind::Materialized, name);
         crate::engine::register_parquet(self.session, &table, &crate::engine::InputLocation::Folder(folder.clone())).await?;
         self.read_back(&table, &schema).await
     }
@@ -269,7 +257,7 @@ impl StageContext<'_> {
             return self.materialize(name, frame).await;
         };
         let schema: SchemaRef = frame.schema().inner().clone();
-        let folder = scratch.join(format!("{}_{name}", self.stage_name));
+        let folder = self.scratch_folder(scratch, name);
         let fail = |e: String| StageFailure { message: format!("writing `{name}` in buckets to the scratch folder {}: {e}", folder.display()) };
         fresh_folder(&folder).map_err(fail)?;
         let task_context = Arc::new(frame.task_ctx());
@@ -279,22 +267,10 @@ impl StageContext<'_> {
         // The repartitioning feeds every bucket at once, so every bucket is written at once
         // (small row groups keep the encoders' buffers small); buckets computed each on its own
         // are written `threads` at a time, so only that many buckets' work is held at once.
-        let running = Arc::new(tokio::sync::Semaphore::new(if in_buckets { self.threads.max(1) } else { buckets }));
-        let tasks: Vec<_> = streams
-            .into_iter()
-            .enumerate()
-            .map(|(bucket, stream)| {
-                let (running, path, schema) = (running.clone(), bucket_file(&folder, bucket), file_schema.clone());
-                tokio::spawn(async move {
-                    // The semaphore is never closed: a permit always comes.
-                    let _turn = running.acquire_owned().await;
-                    write_bucket(stream, path, schema).await
-                })
-            })
-            .collect();
-        every_task(tasks).await.map_err(fail)?;
+        let at_once = if in_buckets { self.threads } else { buckets };
+        each_stream(streams, at_once, |bucket, stream| write_bucket(stream, bucket_file(&folder, bucket), file_schema.clone())).await.map_err(fail)?;
         self.log_spilled(name, plan.as_ref());
-        let table = format!("__segflow_bucketed_{}_{name}", self.stage_name);
+        let table = self.scratch_table(ScratchKind::Bucketed, name);
         crate::engine::register_bucketed_parquet(self.session, &table, &folder, key, buckets).await?;
         // Later stages plan a partition per bucket (a table joined on `key` is repartitioned
         // into the same buckets); `materialize` computes `threads` of them at a time.
@@ -318,17 +294,31 @@ impl StageContext<'_> {
     /// [`materialize`](StageContext::materialize) wrote to the scratch folder as `name`, and
     /// its table: for rows only an intermediate step read.
     pub fn drop_scratch(&self, name: &str) -> Result<(), String> {
-        for table in [format!("__segflow_bucketed_{}_{name}", self.stage_name), format!("__segflow_materialized_{}_{name}", self.stage_name)] {
-            self.session.deregister_table(table.as_str()).map_err(|e| e.to_string())?;
+        for kind in [ScratchKind::Bucketed, ScratchKind::Materialized] {
+            self.session.deregister_table(self.scratch_table(kind, name).as_str()).map_err(|e| e.to_string())?;
         }
         let Some(scratch) = self.scratch else {
             return Ok(());
         };
-        let folder = scratch.join(format!("{}_{name}", self.stage_name));
+        let folder = self.scratch_folder(scratch, name);
         match std::fs::remove_dir_all(&folder) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing {}: {e}", folder.display())),
             _ => Ok(()),
         }
+    }
+
+    /// The folder of `scratch` where this stage writes its rows `name`.
+    fn scratch_folder(&self, scratch: &Path, name: &str) -> PathBuf {
+        scratch.join(format!("{}_{name}", self.stage_name))
+    }
+
+    /// The session's name for the table over this stage's rows `name` in the scratch folder.
+    fn scratch_table(&self, kind: ScratchKind, name: &str) -> String {
+        let kind = match kind {
+            ScratchKind::Materialized => "materialized",
+            ScratchKind::Bucketed => "bucketed",
+        };
+        format!("__segflow_{kind}_{}_{name}", self.stage_name)
     }
 
     /// A table read back from Parquet, with the types it was written with: Parquet reads text
@@ -500,6 +490,37 @@ async fn write_bucket(mut stream: datafusion::physical_plan::SendableRecordBatch
         Some(encoder) => encoder.finish().await,
         None => scratch_writer(&path, schema, Some(BUCKET_ROW_GROUP_ROWS))?.close().map(|_| ()).map_err(|e| e.to_string()),
     }
+}
+
+/// How a stage's rows went to the scratch folder, which names their table.
+#[derive(Clone, Copy)]
+enum ScratchKind {
+    Materialized,
+    Bucketed,
+}
+
+/// Runs `work(partition, stream)` for each of `streams` (a plan's partitions, in order) on a
+/// task of its own, at most `at_once` at a time, and awaits them all ([`every_task`]): the
+/// results in partition order, or the first failure.
+async fn each_stream<T, F>(streams: Vec<datafusion::physical_plan::SendableRecordBatchStream>, at_once: usize, mut work: impl FnMut(usize, datafusion::physical_plan::SendableRecordBatchStream) -> F) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let running = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(partition, stream)| {
+            let (running, job) = (running.clone(), work(partition, stream));
+            tokio::spawn(async move {
+                // The semaphore is never closed: a permit always comes.
+                let _turn = running.acquire_owned().await;
+                job.await
+            })
+        })
+        .collect();
+    every_task(tasks).await
 }
 
 /// The results of `tasks`, each awaited to its end; the first failure if any failed.
