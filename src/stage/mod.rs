@@ -191,9 +191,14 @@ impl StageContext<'_> {
 
     /// Logs what the operators of `plan`, which computed `result`, spilled to disk, if anything.
     fn log_spilled(&self, result: &str, plan: &dyn datafusion::physical_plan::ExecutionPlan) {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let executed = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan).indent(true).to_string();
+            tracing::trace!(stage = self.stage_name, result, "plan as executed, with its metrics:\n{executed}");
+        }
         let spilled = Spilled::of(plan);
         if spilled.files > 0 {
-            tracing::debug!(stage = self.stage_name, result, spill_files = spilled.files, spilled_mib = spilled.bytes as f64 / MIB, spilled_rows = spilled.rows, "the engine spilled to disk: its operators outgrew their share of the memory limit");
+            let operators = spilling_operators(plan).join(", ");
+            tracing::debug!(stage = self.stage_name, result, spill_files = spilled.files, spilled_mib = spilled.bytes as f64 / MIB, spilled_rows = spilled.rows, operators, "the engine spilled to disk: its operators outgrew their share of the memory limit");
         }
     }
 
@@ -390,6 +395,21 @@ impl Spilled {
 }
 
 /// The metrics of every operator of `plan` that keeps some, the plan's root first.
+/// The operators of `plan` that spilled, each as "name: rows in files" (plan order, root first):
+/// which of a query's groupings, sorts or joins outgrew its share is what a user tunes.
+fn spilling_operators(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(metrics) = plan.metrics() {
+        if let Some(files) = metrics.spill_count().filter(|&files| files > 0) {
+            found.push(format!("{}: {} rows in {files} files", plan.name(), metrics.spilled_rows().unwrap_or(0)));
+        }
+    }
+    for child in plan.children() {
+        found.extend(spilling_operators(child.as_ref()));
+    }
+    found
+}
+
 pub(crate) fn operator_metrics(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Vec<datafusion::physical_plan::metrics::MetricsSet> {
     let mut all: Vec<_> = plan.metrics().into_iter().collect();
     for child in plan.children() {
@@ -797,6 +817,17 @@ mod tests {
             .flat_map(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().values().to_vec())
             .collect();
         (spilled, values)
+    }
+
+    #[tokio::test]
+    async fn the_spill_log_names_each_operator_that_spilled_with_its_rows_and_files() {
+        let options = crate::engine::EngineOptions { memory_limit: 16 << 20, threads: 1, ..Default::default() };
+        let session = crate::engine::session(&options).unwrap();
+        let frame = session.sql("SELECT value FROM generate_series(1, 1000000) ORDER BY value DESC").await.unwrap();
+        let (_, plan) = executed(frame).await.unwrap();
+        let spilled = Spilled::of(plan.as_ref());
+        assert!(spilled.files > 0, "{spilled:?}");
+        assert_eq!(spilling_operators(plan.as_ref()), [format!("SortExec: {} rows in {} files", spilled.rows, spilled.files)]);
     }
 
     #[tokio::test]
