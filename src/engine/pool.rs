@@ -136,13 +136,13 @@ impl MemoryPool for HoldersFairPool {
         let mut held = self.held();
         let consumer = reservation.consumer();
         let (already, available) = if consumer.can_spill() {
-            let wanted = reservation.size() + additional;
+            let wanted = reservation.size().saturating_add(additional);
             (reservation.size(), held.max_min_share(consumer.id(), reservation.size(), wanted, self.limit.saturating_sub(held.unspillable)))
         } else {
             // What the spillers hold they give back at their next request (see the rules).
             (0, self.limit.saturating_sub(held.unspillable))
         };
-        if already + additional > available {
+        if already.saturating_add(additional) > available {
             drop(held); // Display locks it again.
             // `ResourcesExhausted` is what tells a spilling operator to spill and retry.
             return Err(DataFusionError::ResourcesExhausted(format!(
