@@ -394,27 +394,32 @@ impl Spilled {
     }
 }
 
-/// The metrics of every operator of `plan` that keeps some, the plan's root first.
+/// Calls `visit` with every operator of `plan`: the root first, then each child's operators.
+fn visit_operators(plan: &dyn datafusion::physical_plan::ExecutionPlan, visit: &mut dyn FnMut(&dyn datafusion::physical_plan::ExecutionPlan)) {
+    visit(plan);
+    for child in plan.children() {
+        visit_operators(child.as_ref(), visit);
+    }
+}
+
 /// The operators of `plan` that spilled, each as "name: rows in files" (plan order, root first):
 /// which of a query's groupings, sorts or joins outgrew its share is what a user tunes.
 fn spilling_operators(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Vec<String> {
     let mut found = Vec::new();
-    if let Some(metrics) = plan.metrics() {
-        if let Some(files) = metrics.spill_count().filter(|&files| files > 0) {
-            found.push(format!("{}: {} rows in {files} files", plan.name(), metrics.spilled_rows().unwrap_or(0)));
+    visit_operators(plan, &mut |operator| {
+        if let Some(metrics) = operator.metrics() {
+            if let Some(files) = metrics.spill_count().filter(|&files| files > 0) {
+                found.push(format!("{}: {} rows in {files} files", operator.name(), metrics.spilled_rows().unwrap_or(0)));
+            }
         }
-    }
-    for child in plan.children() {
-        found.extend(spilling_operators(child.as_ref()));
-    }
+    });
     found
 }
 
+/// The metrics of every operator of `plan` that keeps some, the plan's root first.
 pub(crate) fn operator_metrics(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> Vec<datafusion::physical_plan::metrics::MetricsSet> {
-    let mut all: Vec<_> = plan.metrics().into_iter().collect();
-    for child in plan.children() {
-        all.extend(operator_metrics(child.as_ref()));
-    }
+    let mut all = Vec::new();
+    visit_operators(plan, &mut |operator| all.extend(operator.metrics()));
     all
 }
 

@@ -348,13 +348,13 @@ fn write_trees<W: std::io::Write + Send>(trees: &[Tree], out: W) -> Result<W, St
     file.into_inner().map_err(write_error)
 }
 
-/// The tables' writer properties, with the node numbers (`node`, `left_child`,
-/// `right_child`) delta-encoded instead of dictionary-encoded. They count up through each
-/// tree, so their differences pack into a few bits; a dictionary holds them only while a row
-/// group has few distinct ones: at 10M transaction lines (trees of 47k nodes, five to a row
-/// group) it did, at 100M (trees of 436k nodes) every number in a row group is new, the
-/// dictionary filled and was dropped for plain values in every row group, and writing the
-/// file grew 15× for 9.3× the nodes.
+/// The output tables' writer properties ([`crate::sink::writer_properties`]), with the node
+/// numbers (`node`, `left_child`, `right_child`) delta-encoded instead of dictionary-encoded.
+/// They count up through each tree, so their differences pack into a few bits; a dictionary
+/// holds them only while a row group has few distinct ones: at 10M transaction lines (trees of
+/// 47k nodes, five to a row group) it did, at 100M (trees of 436k nodes) every number in a row
+/// group is new, the dictionary filled and was dropped for plain values in every row group,
+/// and writing the file grew 15× for 9.3× the nodes.
 fn trees_writer_properties() -> parquet::file::properties::WriterProperties {
     use parquet::basic::Encoding;
     use parquet::schema::types::ColumnPath;
@@ -624,30 +624,29 @@ pub fn top_columns(scores: &[Score<'_>], explain: usize) -> Vec<ArrayRef> {
 mod tests {
     use super::*;
 
-    /// A node as the trees file holds it: `split` (feature, threshold, left child) or a leaf.
-    fn node(split: Option<(u32, f64, u32)>, churn_fraction: f64, rows: u32) -> (Option<u32>, f64, u32, u32, [f64; 2], u32) {
-        let (feature, threshold, left) = match split {
-            Some((feature, threshold, left)) => (Some(feature), threshold, left),
-            None => (None, 0.0, 0),
+    /// Appends a node to `tree`: a split on (feature, threshold, left child; the right child
+    /// beside it), or a leaf.
+    fn push(tree: &mut Tree, split: Option<(u32, f64, u32)>, churn_fraction: f64, rows: u32) {
+        let fractions = [1.0 - churn_fraction, churn_fraction];
+        let (split_feature, threshold, left_child, right_child) = match split {
+            Some((feature, threshold, left)) => (Some(feature), threshold, left, left + 1),
+            None => (None, 0.0, 0, 0),
         };
-        (feature, threshold, left, if split.is_some() { left + 1 } else { 0 }, [1.0 - churn_fraction, churn_fraction], rows)
-    }
-
-    fn tree(nodes: &[(Option<u32>, f64, u32, u32, [f64; 2], u32)]) -> Tree {
-        let mut tree = Tree::new(2);
-        for (feature, threshold, left, right, fractions, rows) in nodes {
-            let impurity = 1.0 - fractions.iter().map(|p| p * p).sum::<f64>();
-            tree.push_node(Node { split_feature: *feature, threshold: *threshold, left_child: *left, right_child: *right, class_fractions: fractions, n_rows: *rows, weighted_n_rows: f64::from(*rows), impurity }).unwrap();
-        }
-        tree
+        let impurity = 1.0 - fractions.iter().map(|p| p * p).sum::<f64>();
+        tree.push_node(Node { split_feature, threshold, left_child, right_child, class_fractions: &fractions, n_rows: rows, weighted_n_rows: f64::from(rows), impurity }).unwrap();
     }
 
     #[test]
     fn the_trees_file_gives_back_every_node_and_delta_encodes_the_node_numbers() {
-        let trees = vec![
-            tree(&[node(Some((1, 0.5, 1)), 0.25, 8), node(None, 0.0, 6), node(Some((0, -2.0, 3)), 1.0, 2), node(None, 1.0, 1), node(None, 1.0, 1)]),
-            tree(&[node(None, 0.5, 4)]),
-        ];
+        let mut split = Tree::new(2);
+        push(&mut split, Some((1, 0.5, 1)), 0.25, 8);
+        push(&mut split, None, 0.0, 6);
+        push(&mut split, Some((0, -2.0, 3)), 1.0, 2);
+        push(&mut split, None, 1.0, 1);
+        push(&mut split, None, 1.0, 1);
+        let mut leaf = Tree::new(2);
+        push(&mut leaf, None, 0.5, 4);
+        let trees = vec![split, leaf];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(TREES_FILE);
         write_trees(&trees, std::fs::File::create(&path).unwrap()).unwrap();
