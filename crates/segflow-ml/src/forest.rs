@@ -59,9 +59,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use binning::BinnedFeatures;
-use flat::{FlatGroup, Purpose, RowCodes, TaskRows};
+use flat::{FlatGroup, Purpose, RowCodes, TaskRows, ThresholdRanks};
 use tree::{GrowSettings, TreeSample};
 pub use tree::{Node, Tree};
 
@@ -466,6 +467,12 @@ pub struct RandomForest {
     /// split then takes no walk of its own. Fit-time diagnostics, not saved.
     #[serde(skip)]
     pub training_probabilities: Option<Vec<f64>>,
+    /// Each feature's bin upper edges at fit. Every split threshold of the trees is one of
+    /// them or `f64::MAX`, so predictions code their rows against one table for every group of
+    /// trees ([`flat::ThresholdRanks::of_bin_edges`]). Fit-time, not saved: a loaded forest's
+    /// walks build their tables from its trees.
+    #[serde(skip)]
+    pub bin_edges: Option<Vec<Vec<f64>>>,
 }
 
 /// A forest laid out once for [`Contributions`], without its stored trees: what scoring a table
@@ -482,6 +489,18 @@ pub struct ContributionLayout {
 }
 
 impl ContributionLayout {
+    /// How many thresholds tables its rank-coded groups are coded against.
+    #[cfg(test)]
+    fn distinct_tables(&self) -> usize {
+        let mut tables: Vec<Arc<ThresholdRanks>> = Vec::new();
+        for ranks in self.groups.iter().filter_map(|(_, group)| group.ranks()) {
+            if !tables.iter().any(|table| Arc::ptr_eq(table, &ranks)) {
+                tables.push(ranks);
+            }
+        }
+        tables.len()
+    }
+
     /// Bit for bit [`RandomForest::contributions`] of the forest this was laid out from.
     pub fn contributions(&self, x: ArrayView2<'_, f64>) -> Result<Contributions, ForestError> {
         check_width(&x, self.n_features)?;
@@ -641,6 +660,13 @@ struct GrownTree {
     in_bag: Vec<bool>,
 }
 
+/// The trees of a fit, and the bin edges their thresholds are.
+struct GrownTrees {
+    trees: Vec<GrownTree>,
+    /// Every feature's bin upper edges ([`RandomForest::bin_edges`]).
+    bin_edges: Vec<Vec<f64>>,
+}
+
 /// Shared fitting path of the forest and the single tree.
 fn grow_trees(
     data: &CheckedData<'_, '_>,
@@ -648,7 +674,7 @@ fn grow_trees(
     n_trees: usize,
     draws: Option<usize>,
     seed: u64,
-) -> Vec<GrownTree> {
+) -> GrownTrees {
     let binned = BinnedFeatures::new(data.x, rules.max_bins);
     let n_features = data.x.ncols();
     // Without bootstrap, BalancedSubsample is computed on the full set, i.e. it is Balanced.
@@ -676,7 +702,7 @@ fn grow_trees(
         features_per_split: rules.max_features.resolve(n_features),
         n_classes: BINARY_CLASSES,
     };
-    (0..n_trees)
+    let trees = (0..n_trees)
         .into_par_iter()
         .map(|tree_index| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -698,7 +724,11 @@ fn grow_trees(
                 in_bag,
             }
         })
-        .collect()
+        .collect();
+    GrownTrees {
+        trees,
+        bin_edges: binned.upper_edges,
+    }
 }
 
 /// scikit-learn's forest importances: mean of each tree's normalised importances over the trees
@@ -778,16 +808,18 @@ const FLAT_NODES_PER_GROUP: usize = (100 << 20) / 16;
 
 /// Calls `walk(first_tree, group)` for consecutive groups of `trees`, laid out for `purpose`
 /// (`flat.rs`), in tree order: each group at most `group_nodes` nodes (or a single larger
-/// tree). Stops at the first malformed tree.
+/// tree). Stops at the first malformed tree. `thresholds`, a table known to hold the trees'
+/// thresholds (a fit's bin edges), is the first group's to be laid out against.
 fn for_each_flat_group(
     trees: &[Tree],
     n_features: usize,
     group_nodes: usize,
     purpose: Purpose,
+    thresholds: Option<Arc<ThresholdRanks>>,
     mut walk: impl FnMut(usize, &FlatGroup<'_>),
 ) -> Result<(), ForestError> {
     let mut first = 0;
-    let mut known = None;
+    let mut known = thresholds;
     for size in flat_group_sizes(trees, group_nodes) {
         // Laid out against the table of the group before, whose coded rows then serve it.
         let group = FlatGroup::new(
@@ -838,6 +870,7 @@ fn mean_positive_probability(
     n_features: usize,
     x: ArrayView2<'_, f64>,
     group_nodes: usize,
+    thresholds: Option<Arc<ThresholdRanks>>,
 ) -> Result<Array1<f64>, ForestError> {
     let values = row_major(&x);
     let mut out = vec![0.0; x.nrows()];
@@ -848,6 +881,7 @@ fn mean_positive_probability(
         n_features,
         group_nodes,
         Purpose::Predictions,
+        thresholds,
         |_, group| {
             coded = group.code_rows(&values, coded.take());
             out.par_chunks_mut(task_rows)
@@ -878,7 +912,14 @@ fn contributions_of(
     group_nodes: usize,
 ) -> Result<Contributions, ForestError> {
     contributions_over_groups(trees.len(), n_features, x, |walk| {
-        for_each_flat_group(trees, n_features, group_nodes, Purpose::Contributions, walk)
+        for_each_flat_group(
+            trees,
+            n_features,
+            group_nodes,
+            Purpose::Contributions,
+            None,
+            walk,
+        )
     })
 }
 
@@ -962,10 +1003,18 @@ impl RandomForest {
             Some(fraction) => ((rows as f64 * fraction).round() as usize).max(1),
         });
         let grown = grow_trees(&data, &params.tree, params.n_trees, draws, params.seed);
+        let bin_edges = grown.bin_edges;
         let (trees, in_bag): (Vec<Tree>, Vec<Vec<bool>>) =
-            grown.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
+            grown.trees.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
         let (oob_accuracy, oob_probabilities, training_probabilities) = if params.oob_score {
-            let (oob, training) = oob_estimate(&trees, &in_bag, x, labels, FLAT_NODES_PER_GROUP)?;
+            let (oob, training) = oob_estimate(
+                &trees,
+                &in_bag,
+                x,
+                labels,
+                FLAT_NODES_PER_GROUP,
+                Some(Arc::new(ThresholdRanks::of_bin_edges(&bin_edges))),
+            )?;
             // No row scored (too few trees) leaves the accuracy undefined: None, not NaN.
             (
                 Some(oob.accuracy).filter(|a| !a.is_nan()),
@@ -983,13 +1032,26 @@ impl RandomForest {
             oob_accuracy,
             oob_probabilities,
             training_probabilities,
+            bin_edges: Some(bin_edges),
         })
+    }
+
+    /// The table of [`RandomForest::bin_edges`], when the forest was fitted in this process.
+    fn bin_thresholds(&self) -> Option<Arc<ThresholdRanks>> {
+        let edges = self.bin_edges.as_ref()?;
+        (edges.len() == self.n_features).then(|| Arc::new(ThresholdRanks::of_bin_edges(edges)))
     }
 
     /// Positive-class probability per row: mean over trees of the leaf's class-1 fraction.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Result<Array1<f64>, ForestError> {
         check_width(&x, self.n_features)?;
-        mean_positive_probability(&self.trees, self.n_features, x, FLAT_NODES_PER_GROUP)
+        mean_positive_probability(
+            &self.trees,
+            self.n_features,
+            x,
+            FLAT_NODES_PER_GROUP,
+            self.bin_thresholds(),
+        )
     }
 
     /// 0/1 per row (1 when the probability is above 0.5). Named apart from linfa's
@@ -1037,10 +1099,17 @@ impl RandomForest {
             groups.push((first, group));
             first += group_trees.len();
         }
+        // Walked block after block, so the groups get one table: each block's rows are then
+        // coded once.
+        let (first_trees, groups): (Vec<usize>, Vec<FlatGroup<'static>>) =
+            groups.into_iter().unzip();
         Ok(ContributionLayout {
             n_features,
             n_trees,
-            groups,
+            groups: first_trees
+                .into_iter()
+                .zip(FlatGroup::sharing_one_table(groups))
+                .collect(),
         })
     }
 
@@ -1062,6 +1131,7 @@ fn oob_estimate(
     x: ArrayView2<'_, f64>,
     labels: &[usize],
     group_nodes: usize,
+    thresholds: Option<Arc<ThresholdRanks>>,
 ) -> Result<(OobEstimate, Vec<f64>), ForestError> {
     let n_features = x.ncols();
     let values = row_major(&x);
@@ -1075,6 +1145,7 @@ fn oob_estimate(
         n_features,
         group_nodes,
         Purpose::Predictions,
+        thresholds,
         |first_tree, group| {
             coded = group.code_rows(&values, coded.take());
             let in_bag = &in_bag[first_tree..];
@@ -1145,7 +1216,7 @@ impl DecisionTree {
         sample_weight: Option<&[f64]>,
     ) -> Result<DecisionTree, ForestError> {
         let data = check_data(x, labels, sample_weight)?;
-        let mut grown = grow_trees(&data, &params.tree, 1, None, params.seed);
+        let mut grown = grow_trees(&data, &params.tree, 1, None, params.seed).trees;
         // grow_trees returns exactly the one tree asked for.
         let tree = grown.pop().map(|g| g.tree).ok_or(ForestError::ZeroTrees)?;
         Ok(DecisionTree {
@@ -1164,6 +1235,7 @@ impl DecisionTree {
             self.n_features,
             x,
             FLAT_NODES_PER_GROUP,
+            None,
         )
     }
 

@@ -88,7 +88,7 @@ pub struct ForestSummary {
 }
 
 fn empty_forest() -> RandomForest {
-    RandomForest { n_features: 0, n_classes: 2, trees: Vec::new(), feature_importances: Vec::new(), oob_accuracy: None, oob_probabilities: None, training_probabilities: None }
+    RandomForest { n_features: 0, n_classes: 2, trees: Vec::new(), feature_importances: Vec::new(), oob_accuracy: None, oob_probabilities: None, training_probabilities: None, bin_edges: None }
 }
 
 impl ForestSummary {
@@ -151,6 +151,7 @@ impl ChurnModel {
             oob_accuracy: None,
             oob_probabilities: None,
             training_probabilities: None,
+            bin_edges: None,
         };
         model.check().map_err(|e| format!("{shown}: {e}"))?;
         Ok(model)

@@ -1,4 +1,4 @@
-use super::flat::{FlatGroup, Purpose, RowCodes, TaskRows};
+use super::flat::{FlatGroup, Purpose, RowCodes, TaskRows, ThresholdRanks};
 use super::*;
 use ndarray::{Array2, array};
 use rand::{Rng, SeedableRng};
@@ -636,7 +636,7 @@ fn forest_predictions_equal_a_plain_walk_of_the_stored_trees_bit_for_bit() -> Te
     // summed in tree order.
     let checked = params.check()?;
     let data = check_data(x.view(), &y, None)?;
-    let grown = grow_trees(&data, &checked.tree, 12, Some(x.nrows()), 3);
+    let grown = grow_trees(&data, &checked.tree, 12, Some(x.nrows()), 3).trees;
     let grown_trees: Vec<Tree> = grown.iter().map(|g| g.tree.clone()).collect();
     assert_eq!(grown_trees, model.trees);
     let expected_oob: Vec<Option<u64>> = x
@@ -682,16 +682,17 @@ fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once()
     let checked = params.check()?;
     let data = check_data(x.view(), &y, None)?;
     let grown = grow_trees(&data, &checked.tree, 9, Some(x.nrows()), 5);
+    let bin_edges = Arc::new(ThresholdRanks::of_bin_edges(&grown.bin_edges));
     let (trees, in_bag): (Vec<Tree>, Vec<Vec<bool>>) =
-        grown.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
+        grown.trees.into_iter().map(|g| (g.tree, g.in_bag)).unzip();
     let largest = trees.iter().map(Tree::len).max().unwrap_or(0);
     let all_nodes: usize = trees.iter().map(Tree::len).sum();
     let bits = |v: &[f64]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
-    let whole = mean_positive_probability(&trees, 6, x_test.view(), all_nodes)?;
+    let whole = mean_positive_probability(&trees, 6, x_test.view(), all_nodes, None)?;
     let whole_contributions = contributions_of(&trees, 6, x_test.view(), all_nodes)?;
-    let (whole_oob, whole_training) = oob_estimate(&trees, &in_bag, x.view(), &y, all_nodes)?;
+    let (whole_oob, whole_training) = oob_estimate(&trees, &in_bag, x.view(), &y, all_nodes, None)?;
     // The training rows' predictions from the OOB walk are predict_proba's, bit for bit.
-    let training = mean_positive_probability(&trees, 6, x.view(), all_nodes)?;
+    let training = mean_positive_probability(&trees, 6, x.view(), all_nodes, None)?;
     assert_eq!(
         bits(&whole_training),
         bits(training.as_slice().ok_or("contiguous")?),
@@ -699,7 +700,7 @@ fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once()
     );
     // One tree per group, two or three per group, and uneven groups.
     for group_nodes in [1, largest, 2 * largest + 1, all_nodes / 2] {
-        let grouped = mean_positive_probability(&trees, 6, x_test.view(), group_nodes)?;
+        let grouped = mean_positive_probability(&trees, 6, x_test.view(), group_nodes, None)?;
         assert_eq!(
             bits(grouped.as_slice().ok_or("contiguous")?),
             bits(whole.as_slice().ok_or("contiguous")?),
@@ -720,17 +721,22 @@ fn walking_the_forest_a_few_trees_at_a_time_gives_the_same_bits_as_all_at_once()
             ),
             "contributions, groups of {group_nodes} nodes"
         );
-        let (oob, training) = oob_estimate(&trees, &in_bag, x.view(), &y, group_nodes)?;
-        assert_eq!(
-            oob.probabilities, whole_oob.probabilities,
-            "OOB, groups of {group_nodes} nodes"
-        );
-        assert_eq!(
-            bits(&training),
-            bits(&whole_training),
-            "training predictions, groups of {group_nodes} nodes"
-        );
-        assert_eq!(oob.accuracy.to_bits(), whole_oob.accuracy.to_bits());
+        // Laid out group by group, or every group against the fit's bin edges.
+        for thresholds in [None, Some(Arc::clone(&bin_edges))] {
+            let with_edges = thresholds.is_some();
+            let (oob, training) =
+                oob_estimate(&trees, &in_bag, x.view(), &y, group_nodes, thresholds)?;
+            assert_eq!(
+                oob.probabilities, whole_oob.probabilities,
+                "OOB, groups of {group_nodes} nodes, bin edges {with_edges}"
+            );
+            assert_eq!(
+                bits(&training),
+                bits(&whole_training),
+                "training predictions, groups of {group_nodes} nodes, bin edges {with_edges}"
+            );
+            assert_eq!(oob.accuracy.to_bits(), whole_oob.accuracy.to_bits());
+        }
     }
     Ok(())
 }
@@ -838,6 +844,7 @@ fn a_model_without_features_predicts_its_single_leaf_for_every_row() -> TestResu
         oob_accuracy: None,
         oob_probabilities: None,
         training_probabilities: None,
+        bin_edges: None,
     };
     // More rows than walk in lockstep, none of them with a value to read.
     let x = Array2::<f64>::zeros((20, 0));
@@ -886,6 +893,7 @@ fn forest_of(n_features: usize, trees: Vec<Tree>) -> RandomForest {
         oob_accuracy: None,
         oob_probabilities: None,
         training_probabilities: None,
+        bin_edges: None,
     }
 }
 
@@ -1182,6 +1190,38 @@ fn rows_coded_once_serve_every_later_group_whose_thresholds_the_table_holds() ->
 }
 
 #[test]
+fn a_fits_bin_edges_hold_every_threshold_its_trees_split_on() -> TestResult {
+    let (x, y) = planted_with_missing(1500, 5, 47);
+    let (x_test, _) = planted_with_missing(199, 5, 48);
+    let checked = ForestParams::new().n_trees(6).seed(17).check()?;
+    let data = check_data(x.view(), &y, None)?;
+    let grown = grow_trees(&data, &checked.tree, 6, Some(x.nrows()), 17);
+    let edges = Arc::new(ThresholdRanks::of_bin_edges(&grown.bin_edges));
+    let mut fewer = 0;
+    for (index, tree) in grown.trees.iter().map(|g| &g.tree).enumerate() {
+        let trees = std::slice::from_ref(tree);
+        for purpose in [Purpose::Predictions, Purpose::Contributions] {
+            // Laid out against the edges, each tree keeps them as its table: a walk of the
+            // whole forest codes its rows once.
+            let group = FlatGroup::new(trees, index, 5, purpose, Some(Arc::clone(&edges)))?;
+            assert!(
+                Arc::ptr_eq(&group.ranks().ok_or("rank-coded")?, &edges),
+                "tree {index}, {purpose:?}: laid out against the bin edges"
+            );
+            assert_group_matches_reference(&group, trees, &x_test)?;
+        }
+        let own = FlatGroup::new(trees, index, 5, Purpose::Predictions, None)?;
+        fewer += usize::from(*own.ranks().ok_or("rank-coded")? != *edges);
+    }
+    // The edges are more than a tree splits on: alone, the trees would have tables of their own.
+    assert!(
+        fewer > 0,
+        "some tree splits on fewer thresholds than the bins have"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_forest_laid_out_once_for_contributions_gives_the_same_bits_without_its_trees() -> TestResult {
     let (x, y) = planted_with_missing(1500, 5, 45);
     let (x_test, _) = planted_with_missing(211, 5, 46);
@@ -1194,6 +1234,9 @@ fn a_forest_laid_out_once_for_contributions_gives_the_same_bits_without_its_tree
             .clone()
             .into_contribution_layout_in_groups(group_nodes)?;
         let what = format!("groups of {group_nodes} nodes");
+        // Its groups share one table, whatever their trees split on: a block's rows are coded
+        // once.
+        assert_eq!(layout.distinct_tables(), 1, "{what}");
         // Two calls, as two score blocks: the layout is walked again, not consumed.
         for _ in 0..2 {
             let laid_out = layout.contributions(x_test.view())?;
