@@ -250,6 +250,14 @@ pub(super) struct ThresholdRanks {
     per_feature: Vec<Vec<f64>>,
 }
 
+/// `thresholds` ascending and each once, as a table holds them. Distinct by `==`, so -0.0 and
+/// 0.0 (side by side in the total order) are kept once.
+fn ascending_distinct(mut thresholds: Vec<f64>) -> Vec<f64> {
+    thresholds.sort_unstable_by(f64::total_cmp);
+    thresholds.dedup();
+    thresholds
+}
+
 impl ThresholdRanks {
     /// The table of a fit's bins: each feature's `upper_edges` (ascending, as binning makes
     /// them) and `f64::MAX`, the two kinds of threshold a fitted split stores (`binning.rs`).
@@ -261,12 +269,7 @@ impl ThresholdRanks {
     pub(super) fn of_bin_edges(upper_edges: &[Vec<f64>]) -> ThresholdRanks {
         let per_feature = upper_edges
             .iter()
-            .map(|edges| {
-                let mut thresholds: Vec<f64> = edges.iter().copied().chain([f64::MAX]).collect();
-                thresholds.sort_unstable_by(f64::total_cmp);
-                thresholds.dedup();
-                thresholds
-            })
+            .map(|edges| ascending_distinct(edges.iter().copied().chain([f64::MAX]).collect()))
             .collect();
         ThresholdRanks { per_feature }
     }
@@ -293,14 +296,23 @@ impl ThresholdRanks {
             .per_feature
             .iter()
             .zip(per_feature)
-            .map(|(table, own)| {
-                let mut merged: Vec<f64> = table.iter().chain(own).copied().collect();
-                merged.sort_unstable_by(f64::total_cmp);
-                merged.dedup();
-                merged
-            })
+            .map(|(table, own)| ascending_distinct(table.iter().chain(own).copied().collect()))
             .collect();
         ThresholdRanks { per_feature }
+    }
+
+    /// The bound of each of `per_feature`'s thresholds (a group's own, all held in this table)
+    /// in this table: `bounds[feature][i]` is 1 + the place of `per_feature[feature][i]`.
+    fn bounds_of(&self, per_feature: &[Vec<f64>]) -> Vec<Vec<u16>> {
+        per_feature
+            .iter()
+            .zip(&self.per_feature)
+            .map(|(own, all)| {
+                own.iter()
+                    .map(|&threshold| ThresholdRanks::code(all, threshold) + 1)
+                    .collect()
+            })
+            .collect()
     }
 
     /// Code of `value` among `thresholds` (one feature's, at most [`MAX_RANKED_THRESHOLDS`]):
@@ -554,11 +566,7 @@ fn lay_out_ranked<'t>(
             all.extend(batch);
         }
     }
-    for thresholds in &mut per_feature {
-        thresholds.sort_unstable_by(f64::total_cmp);
-        // By `==`, so -0.0 and 0.0 (side by side in the total order) are kept once.
-        thresholds.dedup();
-    }
+    let per_feature: Vec<Vec<f64>> = per_feature.into_iter().map(ascending_distinct).collect();
     if per_feature
         .iter()
         .any(|thresholds| thresholds.len() > max_thresholds)
@@ -584,27 +592,11 @@ fn lay_out_ranked<'t>(
     // bounds[batch][feature][id]: the bound of a split on that threshold.
     let bounds: Vec<Vec<Vec<u16>>> = batches
         .iter()
-        .map(|batch| {
-            batch
-                .thresholds
-                .per_feature
-                .iter()
-                .zip(&ranks.per_feature)
-                .map(|(batch_thresholds, all)| {
-                    batch_thresholds
-                        .iter()
-                        .map(|&threshold| ThresholdRanks::code(all, threshold) + 1)
-                        .collect()
-                })
-                .collect()
-        })
+        .map(|batch| ranks.bounds_of(&batch.thresholds.per_feature))
         .collect();
-    flat_trees.par_iter_mut().for_each(|(batch_index, flat)| {
-        let bounds = &bounds[*batch_index];
-        for node in flat.nodes.iter_mut().filter(|node| node.bound != 0) {
-            node.bound = bounds[node.feature()][usize::from(node.bound) - 1];
-        }
-    });
+    flat_trees
+        .par_iter_mut()
+        .for_each(|(batch_index, flat)| flat.rebound(&bounds[*batch_index]));
     Ok(Some(Layout::Ranked {
         ranks,
         trees: flat_trees.into_iter().map(|(_, flat)| flat).collect(),
@@ -827,24 +819,10 @@ impl<'t> FlatGroup<'t> {
             layout => return FlatGroup { n_features, layout },
         };
         debug_assert!(table.holds(&ranks.per_feature));
-        // A split's bound is 1 + the place of its threshold in the group's table (0, for
-        // leaves and NaN thresholds, stays): new_bounds[feature][bound - 1] is its bound in
-        // `table`.
-        let new_bounds: Vec<Vec<u16>> = ranks
-            .per_feature
-            .iter()
-            .zip(&table.per_feature)
-            .map(|(own, all)| {
-                own.iter()
-                    .map(|&threshold| ThresholdRanks::code(all, threshold) + 1)
-                    .collect()
-            })
-            .collect();
-        trees.par_iter_mut().for_each(|tree| {
-            for node in tree.nodes.iter_mut().filter(|node| node.bound != 0) {
-                node.bound = new_bounds[node.feature()][usize::from(node.bound) - 1];
-            }
-        });
+        let new_bounds = table.bounds_of(&ranks.per_feature);
+        trees
+            .par_iter_mut()
+            .for_each(|tree| tree.rebound(&new_bounds));
         FlatGroup {
             n_features,
             layout: Layout::Ranked {
@@ -1155,6 +1133,17 @@ fn lay_out_depth_first<'t, N: FlatNode>(
         nodes,
         positive_fractions: PositiveFractions::Copied(positive_fractions),
     })
+}
+
+impl FlatTree<'_, RankedNode> {
+    /// Renumbers the splits' bounds: `bounds[feature][bound - 1]` replaces each `bound` (a
+    /// threshold's place in one table plus 1) by its bound in another. A bound of 0 (leaves, and
+    /// splits that send every row right) stays.
+    fn rebound(&mut self, bounds: &[Vec<u16>]) {
+        for node in self.nodes.iter_mut().filter(|node| node.bound != 0) {
+            node.bound = bounds[node.feature()][usize::from(node.bound) - 1];
+        }
+    }
 }
 
 impl<N: FlatNode> FlatTree<'_, N> {
